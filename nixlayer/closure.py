@@ -18,7 +18,9 @@ DEFAULT_STORE_DIR = "/nix/store"
 # A store path's base name: 32 characters of Nix's base-32 alphabet (no e, o, u, t),
 # a dash, and a name of at most 211 characters from Nix's name alphabet, not
 # starting with a dot.
-_BASENAME = re.compile(r"[0-9abcdfghijklmnpqrsvwxyz]{32}-[A-Za-z0-9+\-_?=][A-Za-z0-9+\-._?=]{0,210}")
+_BASENAME = re.compile(
+    r"[0-9abcdfghijklmnpqrsvwxyz]{32}-[A-Za-z0-9+\-_?=][A-Za-z0-9+\-._?=]{0,210}"
+)
 
 
 @dataclass(frozen=True)

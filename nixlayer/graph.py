@@ -1,0 +1,45 @@
+"""The dependency graph of a closure: an edge from each store path to each reference."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import networkx as nx
+
+from nixlayer.closure import Closure
+from nixlayer.errors import NixlayerError
+
+
+def build_graph(closure: Closure) -> nx.DiGraph:
+    """A ``DiGraph`` whose nodes are store paths (attribute ``nar_size``).
+
+    Self-references are dropped: Nix records them, but they say nothing about order.
+    A cycle between distinct paths cannot come from Nix, so it is refused here
+    rather than left to hang or mislead the strategies.
+    """
+    graph = nx.DiGraph()
+    for store_path in closure.paths.values():
+        graph.add_node(store_path.path, nar_size=store_path.nar_size)
+    graph.add_edges_from(
+        (store_path.path, ref)
+        for store_path in closure.paths.values()
+        for ref in store_path.references
+        if ref != store_path.path
+    )
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        return graph
+    members = " -> ".join(edge[0] for edge in cycle)
+    raise NixlayerError(f"{closure.source}: the references form a cycle: {members}")
+
+
+def find_roots(graph: nx.DiGraph, explicit: Iterable[str] = (), source: str = "") -> list[str]:
+    """The paths the image is for: those given, or else those nothing references."""
+    explicit = list(explicit)
+    for root in explicit:
+        if root not in graph:
+            raise NixlayerError(f"--root {root}: not a path of the closure {source}")
+    if explicit:
+        return sorted(set(explicit))
+    return sorted(node for node, degree in graph.in_degree() if degree == 0)

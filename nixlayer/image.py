@@ -1,0 +1,166 @@
+"""The image's identity and config: name, tag, platform, creation time, and the
+config JSON that ties the layers' diff_ids together.
+
+Everything here is a pure function of its arguments, so that the same plan and
+settings give the same config bytes on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from nixlayer.errors import NixlayerError
+from nixlayer.plan import Plan
+
+DEFAULT_MTIME = 1
+MAX_TIMESTAMP = 0o77777777777  # what a tar header's mtime field holds
+CREATED_BY = "nixlayer"
+HISTORY_PREFIX = "store paths: "
+
+# Docker/OCI architecture names, and what Nix systems and `uname -m` call them.
+_ARCHITECTURES = {
+    "amd64": ("amd64", None),
+    "arm64": ("arm64", None),
+    "386": ("386", None),
+    "arm": ("arm", None),
+    "arm/v6": ("arm", "v6"),
+    "arm/v7": ("arm", "v7"),
+    "ppc64le": ("ppc64le", None),
+    "riscv64": ("riscv64", None),
+    "s390x": ("s390x", None),
+    "x86_64": ("amd64", None),
+    "aarch64": ("arm64", None),
+    "i686": ("386", None),
+    "armv6l": ("arm", "v6"),
+    "armv7l": ("arm", "v7"),
+    "powerpc64le": ("ppc64le", None),
+}
+
+_NAME = re.compile(
+    r"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?"  # an optional registry host and port
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """What the user chose about the image beyond its layers.
+
+    ``tag`` None means: derived from the image's content, so that it changes
+    exactly when the image does.
+    """
+
+    name: str
+    tag: str | None
+    architecture: str
+    variant: str | None
+    created: str
+    mtime: int
+
+
+def parse_architecture(value: str) -> tuple[str, str | None]:
+    """A Docker architecture (``arm/v7``), a Nix system (``aarch64-linux``) or a
+    ``uname -m`` name, as the config's ``architecture`` and ``variant``."""
+    key = value.removesuffix("-linux")
+    if key not in _ARCHITECTURES:
+        raise NixlayerError(f"--arch {value}: unknown architecture")
+    return _ARCHITECTURES[key]
+
+
+def host_architecture() -> str:
+    return platform.machine()
+
+
+def parse_name(value: str) -> tuple[str, str | None]:
+    """``NAME[:TAG]``; a colon before the last slash belongs to a registry's port."""
+    name, tag = value, None
+    if value.rfind(":") > value.rfind("/"):
+        name, tag = value.rsplit(":", 1)
+    if not _NAME.fullmatch(name):
+        raise NixlayerError(
+            f"--name {value}: not a valid image name (lowercase, like app or "
+            "registry.example:5000/team/app)"
+        )
+    if tag is not None and not _TAG.fullmatch(tag):
+        raise NixlayerError(f"--name {value}: {tag!r} is not a valid tag")
+    return name, tag
+
+
+def default_name(roots: Sequence[str]) -> str:
+    """The single root's ``name-version`` made into a valid image name, else ``image``."""
+    if len(roots) != 1:
+        return "image"
+    candidate = re.sub(r"[^a-z0-9._-]+", "-", roots[0].rsplit("/", 1)[1][33:].lower())
+    candidate = candidate.strip("._-")
+    return candidate if _NAME.fullmatch(candidate) else "image"
+
+
+def timestamp(moment: int | datetime) -> str:
+    """RFC 3339 in UTC, to the second, as image configs carry it."""
+    if isinstance(moment, int):
+        moment = datetime.fromtimestamp(moment, timezone.utc)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def canonical_json(value: Any) -> bytes:
+    """One byte sequence per value: sorted keys, no spaces, ASCII only."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def config_json(settings: ImageSettings, plan: Plan, diff_ids: Sequence[str]) -> bytes:
+    """The image config: platform, creation time, diff_ids, and one history entry a
+    layer whose comment lists its store paths, so tools can read the plan back."""
+    config: dict[str, Any] = {
+        "architecture": settings.architecture,
+        "os": "linux",
+        "created": settings.created,
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in diff_ids]},
+        "history": [
+            {
+                "created": settings.created,
+                "created_by": CREATED_BY,
+                "comment": HISTORY_PREFIX + " ".join(layer.paths),
+            }
+            for layer in plan.layers
+        ],
+    }
+    if settings.variant:
+        config["variant"] = settings.variant
+    return canonical_json(config)
+
+
+def content_tag(config: bytes) -> str:
+    """A tag derived from the config, which names every layer's digest."""
+    return hashlib.sha256(config).hexdigest()[:32]
+
+
+def parse_created(value: str) -> str:
+    """``--created``: RFC 3339 (normalised to UTC) or ``now``."""
+    if value == "now":
+        return timestamp(datetime.now(timezone.utc))
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise NixlayerError(f"--created {value}: not an RFC 3339 time or 'now'") from None
+    if moment.tzinfo is None:
+        raise NixlayerError(f"--created {value}: give a time zone, e.g. Z or +02:00")
+    return timestamp(moment)
+
+
+def source_date_epoch(environ: dict[str, str]) -> int | None:
+    """``SOURCE_DATE_EPOCH`` from the environment, the reproducible-builds convention."""
+    value = environ.get("SOURCE_DATE_EPOCH")
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) > MAX_TIMESTAMP:
+        raise NixlayerError(f"SOURCE_DATE_EPOCH={value}: not a number of seconds since 1970")
+    return int(value)

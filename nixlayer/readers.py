@@ -1,0 +1,437 @@
+"""Read a closure in every shape Nix prints one.
+
+Nix has printed closures in six shapes over the years (see ``INPUT_FORMATS``). Each
+shape gets a small pure parser from decoded text to ``RawEntry`` values; all the JSON
+path-info shapes share one per-entry converter, so a field means the same thing in every
+Nix version. Checks on the store paths themselves (syntax, store directory, closedness,
+duplicates, invalid paths) are left to ``make_closure``, so every shape gets the same
+rules and messages. Every problem in the input is a one-line ``NixlayerError`` naming
+the file, never another exception type.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from nixlayer.closure import DEFAULT_STORE_DIR, Closure, RawEntry, make_closure
+from nixlayer.errors import NixlayerError
+
+INPUT_FORMATS = (
+    "path-info-list",  # nix path-info --json, Nix <= 2.18 and Lix: [{"path": ...}, ...]
+    "path-info-dict",  # Nix 2.19 and later (format 1): {"/nix/store/...": {...} | null}
+    "path-info-v2",  # Nix >= 2.33 --json-format 2 or 3: {"version", "storeDir", "info"}
+    "attrs",  # .attrs.json of a structured-attrs build with exportReferencesGraph
+    "references-graph",  # plain exportReferencesGraph text
+)
+
+_STDIN = Path("-")
+_MAX_NAR_SIZE = 2**63 - 1
+# At most 18 digits, so that int() never meets Python's digit limit; a larger count
+# could never be followed by that many lines anyway.
+_COUNT = re.compile(r"[0-9]{1,18}")
+# SRI, nix32 and hex hashes, with or without an algorithm prefix: ASCII only, so that a
+# hash is safe to copy into image metadata later.
+_NAR_HASH = re.compile(r"[A-Za-z0-9+/=:_-]+")
+_SHOW_LIMIT = 80
+
+_JsonObject = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """Entries as one shape printed them, before the store directory is settled.
+
+    ``store_dirs`` holds every store directory the file declares, each with where it
+    does; ``base_names`` is True when paths and references are base names (formats 2
+    and 3), to be joined to the store directory once that is known.
+    """
+
+    entries: list[RawEntry]
+    store_dirs: list[tuple[str, str]]
+    base_names: bool = False
+
+
+def read_closure(
+    path: Path,
+    input_format: str | None = None,
+    attrs_key: str | None = None,
+    store_dir: str | None = None,
+) -> Closure:
+    """Read the closure in ``path`` (``-`` for stdin) and check it.
+
+    ``input_format`` forces one of ``INPUT_FORMATS`` (None: detect it); ``attrs_key``
+    picks the exportReferencesGraph list in an ``.attrs.json`` (it implies ``attrs``);
+    ``store_dir`` is the store directory the user asked for, None if they did not.
+    """
+    source = "<stdin>" if path == _STDIN else str(path)
+    shape = _check_options(input_format, attrs_key)
+    parsed = _parse(_decode(_read_bytes(path, source), source), shape, attrs_key, source)
+    directory = _settle_store_dir(parsed.store_dirs, store_dir, source)
+    entries = parsed.entries
+    if parsed.base_names:
+        entries = [_in_store(entry, directory) for entry in entries]
+    return make_closure(entries, directory, source)
+
+
+def _check_options(input_format: str | None, attrs_key: str | None) -> str | None:
+    """Refuse an unknown format, or an attrs key with a format that has no attributes."""
+    if input_format is not None and input_format not in INPUT_FORMATS:
+        raise NixlayerError(
+            f"unknown input format {input_format!r} (expected one of: {', '.join(INPUT_FORMATS)})"
+        )
+    if attrs_key is None:
+        return input_format
+    if input_format not in (None, "attrs"):
+        raise NixlayerError(
+            f"--attrs-key applies only to the attrs input format, not {input_format}"
+        )
+    return "attrs"
+
+
+def _read_bytes(path: Path, source: str) -> bytes:
+    if path == _STDIN:
+        return sys.stdin.buffer.read()
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise NixlayerError(f"{source}: cannot read: {error.strerror or error}") from None
+
+
+def _decode(data: bytes, source: str) -> str:
+    """UTF-8 text without a BOM (editors on Windows add one, Nix never does)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise NixlayerError(
+            f"{source}: not valid UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start})"
+        ) from None
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        raise NixlayerError(f"{source}: the file is empty")
+    return text
+
+
+def _parse(text: str, shape: str | None, attrs_key: str | None, source: str) -> _Parsed:
+    if shape == "references-graph" or (shape is None and text.lstrip()[:1] not in ("[", "{")):
+        return _Parsed(_parse_references_graph(text, source), store_dirs=[])
+    data = _load_json(text, source)
+    shape = shape or _detect_json_shape(data)
+    if shape == "attrs":
+        return _read_attrs(data, attrs_key, source)
+    return _JSON_READERS[shape](data, source)
+
+
+def _load_json(text: str, source: str) -> Any:
+    def reject_constant(name: str) -> None:
+        raise NixlayerError(f"{source}: not valid JSON: {name} is not a JSON number")
+
+    try:
+        return json.loads(text, parse_constant=reject_constant)
+    except json.JSONDecodeError as error:
+        if error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string"):
+            raise NixlayerError(
+                f"{source}: truncated JSON (the file ends inside a value)"
+            ) from None
+        raise NixlayerError(
+            f"{source}: not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+        ) from None
+    except RecursionError:
+        raise NixlayerError(f"{source}: not valid JSON: nested too deeply") from None
+    except ValueError:  # an integer beyond Python's digit limit
+        raise NixlayerError(f"{source}: not valid JSON: a number has too many digits") from None
+
+
+def _detect_json_shape(data: list[Any] | _JsonObject) -> str:
+    """Tell the JSON shapes apart by their top level (see ``INPUT_FORMATS``).
+
+    An integer ``version`` beside ``info`` marks formats 2 and 3; keys starting with
+    ``/`` are store paths (attribute names of a derivation never are); an empty object
+    is an empty path-info dict, so the user hears that the closure holds no paths.
+    """
+    if isinstance(data, list):
+        return "path-info-list"
+    if type(data.get("version")) is int and "info" in data:
+        return "path-info-v2"
+    if not data or any(key.startswith("/") for key in data):
+        return "path-info-dict"
+    return "attrs"
+
+
+def _read_list(data: Any, source: str) -> _Parsed:
+    """``[{"path": ..., "references": [...], ...}, ...]``; ``valid: false`` if invalid."""
+    return _gather(_listed(_expect_list(data, "the top level", source), "entry", source), source)
+
+
+def _read_dict(data: Any, source: str) -> _Parsed:
+    """``{"/nix/store/...": {...} or null}``; entries may carry ``version`` and ``storeDir``."""
+    top = _expect_object(data, "the top level", source)
+    return _gather(((key, info, f"entry {_show(key)}") for key, info in top.items()), source)
+
+
+def _read_v2(data: Any, source: str) -> _Parsed:
+    """``{"version": 2 or 3, "storeDir": ..., "info": {BASENAME: {...} or null}}``."""
+    top = _expect_object(data, "the top level", source)
+    version = top.get("version")
+    if type(version) is not int or version not in (2, 3):
+        raise NixlayerError(
+            f'{source}: "version" is {_show(version)}; nixlayer reads path-info versions 2 and 3'
+        )
+    info = _expect_object(top.get("info"), '"info"', source)
+    declared = _store_dir_field(top, "the top level", source)
+    return _gather(
+        ((key, value, f'"info" entry {_show(key)}') for key, value in info.items()),
+        source,
+        declared=[] if declared is None else [(declared, "the top level")],
+        base_names=True,
+    )
+
+
+_JSON_READERS = {
+    "path-info-list": _read_list,
+    "path-info-dict": _read_dict,
+    "path-info-v2": _read_v2,
+}
+
+
+def _read_attrs(data: Any, attrs_key: str | None, source: str) -> _Parsed:
+    """``{KEY: [{"path", "narHash", "narSize", "references", ...}], ...other attributes}``."""
+    attrs = _expect_object(data, "the top level", source)
+    key = _only_graph_key(attrs, source) if attrs_key is None else attrs_key
+    if key not in attrs:
+        raise NixlayerError(
+            f"{source}: no attribute {_show(key)} (exportReferencesGraph lists here: "
+            f"{_show_keys(_graph_keys(attrs))})"
+        )
+    graph = _expect_list(attrs[key], f"attribute {_show(key)}", source)
+    return _gather(_listed(graph, f"attribute {_show(key)} entry", source), source)
+
+
+def _graph_keys(attrs: _JsonObject) -> list[str]:
+    """Attributes that look like an exportReferencesGraph list: a non-empty list of
+    objects with ``path`` and ``references`` (no other structured attribute is)."""
+    return [
+        key
+        for key, value in attrs.items()
+        if isinstance(value, list)
+        and value
+        and all(
+            isinstance(item, dict) and "path" in item and "references" in item for item in value
+        )
+    ]
+
+
+def _only_graph_key(attrs: _JsonObject, source: str) -> str:
+    keys = _graph_keys(attrs)
+    if not keys:
+        raise NixlayerError(
+            f"{source}: no exportReferencesGraph list (a list of objects with "
+            '"path" and "references") in this JSON object'
+        )
+    if len(keys) > 1:
+        raise NixlayerError(
+            f"{source}: several exportReferencesGraph lists ({_show_keys(keys)}); "
+            "choose one with --attrs-key"
+        )
+    return keys[0]
+
+
+def _listed(items: list[Any], label: str, source: str) -> Iterator[tuple[str, Any, str]]:
+    """(path, info, where) for list entries, which name their path inside themselves."""
+    for number, item in enumerate(items, 1):
+        where = f"{label} {number}"
+        fields = _expect_object(item, where, source)
+        if "path" not in fields:
+            raise NixlayerError(f'{source}: {where} has no "path"')
+        path = fields["path"]
+        if not isinstance(path, str):
+            raise NixlayerError(f'{source}: {where} has "path" {_show(path)}, not a string')
+        yield path, fields, where
+
+
+def _gather(
+    items: Iterable[tuple[str, Any, str]],
+    source: str,
+    declared: list[tuple[str, str]] | None = None,
+    base_names: bool = False,
+) -> _Parsed:
+    """Convert (path, info, where) triples, collecting the store directories declared."""
+    entries = []
+    store_dirs = list(declared or [])
+    for path, info, where in items:
+        entry, store_dir = _convert_entry(path, info, where, source)
+        entries.append(entry)
+        if store_dir is not None:
+            store_dirs.append((store_dir, where))
+    return _Parsed(entries, store_dirs, base_names)
+
+
+def _convert_entry(path: str, info: Any, where: str, source: str) -> tuple[RawEntry, str | None]:
+    """One store object's info, in any ``nix path-info --json`` version or a references
+    graph, as a ``RawEntry`` and the ``storeDir`` it declares (Nix >= 2.33), if any.
+
+    ``null`` and ``valid: false`` mark a path Nix does not have. Fields nixlayer does
+    not use (``ca``, ``deriver``, ``signatures``, ...) are ignored whatever their type,
+    since their shape changed between Nix versions.
+    """
+    if info is None:
+        return RawEntry(path=path, references=(), valid=False), None
+    fields = _expect_object(info, where, source)
+    store_dir = _store_dir_field(fields, where, source)
+    valid = fields.get("valid", True)
+    if not isinstance(valid, bool):
+        raise NixlayerError(f'{source}: {where} has "valid" {_show(valid)}, not true or false')
+    if not valid:
+        return RawEntry(path=path, references=(), valid=False), store_dir
+    entry = RawEntry(
+        path=path,
+        references=_references_field(fields, where, source),
+        nar_size=_nar_size_field(fields, where, source),
+        nar_hash=_nar_hash_field(fields, where, source),
+    )
+    return entry, store_dir
+
+
+def _references_field(fields: _JsonObject, where: str, source: str) -> tuple[str, ...]:
+    if "references" not in fields:
+        raise NixlayerError(f'{source}: {where} has no "references"')
+    references = fields["references"]
+    if not isinstance(references, list) or not all(isinstance(ref, str) for ref in references):
+        raise NixlayerError(f'{source}: {where} has "references" that are not a list of strings')
+    return tuple(references)
+
+
+def _nar_size_field(fields: _JsonObject, where: str, source: str) -> int | None:
+    """The NAR size in bytes; ``bool`` is refused although Python calls it an ``int``."""
+    size = fields.get("narSize")
+    if size is None:
+        return None
+    if type(size) is not int or not 0 <= size <= _MAX_NAR_SIZE:
+        raise NixlayerError(
+            f'{source}: {where} has "narSize" {_show(size)}, not a size in bytes (0 to 2**63-1)'
+        )
+    return size
+
+
+def _nar_hash_field(fields: _JsonObject, where: str, source: str) -> str | None:
+    """The NAR hash as given (SRI, nix32 or hex): only its characters are checked."""
+    nar_hash = fields.get("narHash")
+    if nar_hash is None:
+        return None
+    if not isinstance(nar_hash, str) or not _NAR_HASH.fullmatch(nar_hash):
+        raise NixlayerError(f'{source}: {where} has "narHash" {_show(nar_hash)}, not a hash')
+    return nar_hash
+
+
+def _store_dir_field(fields: _JsonObject, where: str, source: str) -> str | None:
+    store_dir = fields.get("storeDir")
+    if store_dir is None:
+        return None
+    if not isinstance(store_dir, str) or not store_dir.startswith("/"):
+        raise NixlayerError(
+            f'{source}: {where} has "storeDir" {_show(store_dir)}, not an absolute directory'
+        )
+    return _normalise_store_dir(store_dir)
+
+
+def _settle_store_dir(declared: list[tuple[str, str]], requested: str | None, source: str) -> str:
+    """The file's store directory if it declares one (all declarations must agree, and
+    agree with the user's), else the user's, else ``/nix/store``."""
+    if not declared:
+        return DEFAULT_STORE_DIR if requested is None else _normalise_store_dir(requested)
+    file_dir, file_where = declared[0]
+    for store_dir, where in declared[1:]:
+        if store_dir != file_dir:
+            raise NixlayerError(
+                f"{source}: {where} has store directory {store_dir}, "
+                f"but {file_where} has {file_dir}"
+            )
+    if requested is not None and _normalise_store_dir(requested) != file_dir:
+        raise NixlayerError(
+            f"{source}: the file is for store directory {file_dir}, "
+            f"but store directory {requested} was asked for"
+        )
+    return file_dir
+
+
+def _normalise_store_dir(store_dir: str) -> str:
+    """``/nix/store/`` and ``/nix/store`` are the same directory."""
+    return store_dir.rstrip("/") or "/"
+
+
+def _in_store(entry: RawEntry, store_dir: str) -> RawEntry:
+    """Formats 2 and 3 print base names; ``make_closure`` wants full paths."""
+    return replace(
+        entry,
+        path=f"{store_dir}/{entry.path}",
+        references=tuple(f"{store_dir}/{ref}" for ref in entry.references),
+    )
+
+
+def _parse_references_graph(text: str, source: str) -> list[RawEntry]:
+    """Plain ``exportReferencesGraph`` text: per path, a path line, a deriver line
+    (empty unless Nix shows derivers), the number of references, then one line each."""
+    lines = text.rstrip("\n").split("\n")
+    entries = []
+    start = 0
+    while start < len(lines):
+        path = lines[start]
+        if start + 2 >= len(lines):
+            raise NixlayerError(
+                f"{source}: line {start + 1}: the record for {_show(path)} ends "
+                "before its number of references"
+            )
+        count = lines[start + 2]
+        if not _COUNT.fullmatch(count):
+            raise NixlayerError(
+                f"{source}: line {start + 3}: expected the number of references of "
+                f"{_show(path)}, found {_show(count)}"
+            )
+        references = lines[start + 3 : start + 3 + int(count)]
+        if len(references) < int(count):
+            raise NixlayerError(
+                f"{source}: line {start + 3}: {_show(path)} has {count} references, "
+                f"but only {len(references)} lines follow"
+            )
+        entries.append(RawEntry(path=path, references=tuple(references)))
+        start += 3 + len(references)
+    return entries
+
+
+def _expect_object(value: Any, what: str, source: str) -> _JsonObject:
+    if not isinstance(value, dict):
+        raise NixlayerError(f"{source}: {what} is {_json_type(value)}, not an object")
+    return value
+
+
+def _expect_list(value: Any, what: str, source: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise NixlayerError(f"{source}: {what} is {_json_type(value)}, not a list")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _show(value: Any) -> str:
+    """A value from the input as JSON on one short line, safe in an error message."""
+    text = json.dumps(value)
+    return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 3] + "..."
+
+
+def _show_keys(keys: list[str]) -> str:
+    return ", ".join(_show(key) for key in keys) or "none"

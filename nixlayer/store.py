@@ -1,0 +1,137 @@
+"""Reading a store tree from disk: what each store path holds, from ``lstat`` alone.
+
+A layer's tar bytes are laid out from this metadata before any file is read, so
+that the layer's size is known up front and each byte of the store is read once.
+Modes are the ones Nix canonicalises to, whatever the disk says.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+
+from nixlayer.closure import Closure
+from nixlayer.errors import NixlayerError
+
+DIR_MODE = 0o555
+FILE_MODE = 0o444
+EXECUTABLE_MODE = 0o555
+SYMLINK_MODE = 0o777
+
+
+class Kind(enum.Enum):
+    DIRECTORY = "directory"
+    FILE = "regular"
+    SYMLINK = "symlink"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file, directory or symlink of a store path.
+
+    ``name`` is the archive name without a leading slash (``nix/store/<base>/…``);
+    ``disk_path`` is where it is read from; ``inode`` is set for files with more
+    than one hard link, so that twins inside one layer can be stored once.
+    """
+
+    name: bytes
+    kind: Kind
+    mode: int
+    size: int = 0
+    target: bytes = b""
+    disk_path: bytes = b""
+    inode: tuple[int, int] | None = None
+
+
+def store_path_on_disk(store_root: bytes, store_path: str) -> bytes:
+    """Where a logical store path (``/nix/store/…``) lives under ``--store-root``."""
+    return os.path.join(store_root, os.fsencode(store_path).lstrip(b"/"))
+
+
+def _entry(name: bytes, disk_path: bytes, st: os.stat_result) -> Entry:
+    if stat.S_ISDIR(st.st_mode):
+        return Entry(name, Kind.DIRECTORY, DIR_MODE, disk_path=disk_path)
+    if stat.S_ISLNK(st.st_mode):
+        return Entry(name, Kind.SYMLINK, SYMLINK_MODE, target=os.readlink(disk_path))
+    if stat.S_ISREG(st.st_mode):
+        mode = EXECUTABLE_MODE if st.st_mode & 0o111 else FILE_MODE
+        inode = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
+        return Entry(name, Kind.FILE, mode, st.st_size, disk_path=disk_path, inode=inode)
+    raise NixlayerError(
+        f"{os.fsdecode(disk_path)}: a Nix store can hold only files, directories and "
+        "symlinks, not this special file"
+    )
+
+
+def _children(name: bytes, disk_path: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
+    with os.scandir(disk_path) as children:
+        return [
+            (name + b"/" + child.name, child.path, child.stat(follow_symlinks=False))
+            for child in children
+        ]
+
+
+def walk_store_path(store_root: bytes, store_path: str) -> Iterator[Entry]:
+    """Every entry of one store path, the path itself first, from ``lstat`` only.
+
+    Symlinks are never followed; a store path may itself be a file or a symlink.
+    """
+    root_disk = store_path_on_disk(store_root, store_path)
+    root_name = os.fsencode(store_path).lstrip(b"/")
+    try:
+        pending = [(root_name, root_disk, os.lstat(root_disk))]
+        while pending:
+            name, disk_path, st = pending.pop()
+            entry = _entry(name, disk_path, st)
+            yield entry
+            if entry.kind is Kind.DIRECTORY:
+                pending.extend(_children(name, disk_path))
+    except FileNotFoundError as e:
+        raise NixlayerError(f"{os.fsdecode(e.filename)}: does not exist on disk") from None
+    except PermissionError as e:
+        raise NixlayerError(
+            f"{os.fsdecode(e.filename)}: cannot read it: permission denied"
+        ) from None
+
+
+def _nar_string(length: int) -> int:
+    """Bytes a NAR string of this length takes: a 64-bit length, then the bytes padded to 8."""
+    return 8 + (length + 7) // 8 * 8
+
+
+_NODE_FRAME = _nar_string(1) * 2 + _nar_string(len("type"))  # "(" … ")" and "type"
+_DIR_CHILD_FRAME = sum(_nar_string(len(s)) for s in ("entry", "(", "name", "node", ")"))
+
+
+def nar_size(entries: Iterable[Entry]) -> int:
+    """The exact size of the NAR serialisation of one store path's entries.
+
+    Used where the closure input carries no ``narSize`` (plain exportReferencesGraph
+    text); the NAR format is additive over entries, so no file needs to be read.
+    """
+    total = _nar_string(len("nix-archive-1"))
+    for index, entry in enumerate(entries):
+        total += _NODE_FRAME + _nar_string(len(entry.kind.value))
+        if index:  # every entry but the store path itself sits in a directory
+            total += _DIR_CHILD_FRAME + _nar_string(len(entry.name.rsplit(b"/", 1)[1]))
+        if entry.kind is Kind.FILE:
+            if entry.mode == EXECUTABLE_MODE:
+                total += _nar_string(len("executable")) + _nar_string(0)
+            total += _nar_string(len("contents")) + _nar_string(entry.size)
+        elif entry.kind is Kind.SYMLINK:
+            total += _nar_string(len("target")) + _nar_string(len(entry.target))
+    return total
+
+
+def with_disk_nar_sizes(closure: Closure, store_root: bytes) -> Closure:
+    """The closure with every missing ``narSize`` computed from the tree on disk."""
+    paths = {
+        path: sp
+        if sp.nar_size is not None
+        else replace(sp, nar_size=nar_size(walk_store_path(store_root, path)))
+        for path, sp in closure.paths.items()
+    }
+    return replace(closure, paths=paths)
