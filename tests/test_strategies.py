@@ -1,0 +1,92 @@
+"""The popularity strategy, checked against hand-computed graphs and a brute-force recount."""
+
+from __future__ import annotations
+
+import networkx as nx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nixlayer.strategies import path_counts, popularity, popularity_scores
+
+
+def _path(name: str, hash_char: str = "a") -> str:
+    return f"/nix/store/{hash_char * 32}-{name}"
+
+
+def test_nixpkgs_closure_graph_example() -> None:
+    # The example from nixpkgs' closure-graph.py tests: foo → bar → baz → tux, foo → baz.
+    graph = nx.DiGraph([("foo", "bar"), ("foo", "baz"), ("bar", "baz"), ("baz", "tux")])
+    assert popularity_scores(graph, ["foo"]) == {"foo": 1, "bar": 2, "baz": 4, "tux": 6}
+
+
+def test_diamond_counts_ancestors_once_not_paths() -> None:
+    # A → B → D, A → C → D, D → E. W: A1 B1 C1 D2 E2.
+    # pop(D) = W(A)+W(B)+W(C)+W(D) = 5 (a path sum would give 6); pop(E) = 5 + 2 = 7.
+    graph = nx.DiGraph([("A", "B"), ("A", "C"), ("B", "D"), ("C", "D"), ("D", "E")])
+    assert path_counts(graph, ["A"]) == {"A": 1, "B": 1, "C": 1, "D": 2, "E": 2}
+    assert popularity_scores(graph, ["A"]) == {"A": 1, "B": 2, "C": 2, "D": 5, "E": 7}
+
+
+def test_two_roots_share_a_dependency() -> None:
+    # R1 → L, R2 → L, R2 → M: L is reached from both roots.
+    graph = nx.DiGraph([("R1", "L"), ("R2", "L"), ("R2", "M")])
+    # W(L) = 2, so pop(L) = W(R1) + W(R2) + W(L) = 4.
+    assert popularity_scores(graph, ["R1", "R2"]) == {"R1": 1, "R2": 1, "L": 4, "M": 2}
+
+
+def test_explicit_root_that_is_itself_referenced() -> None:
+    # With roots X and Y where X → Y: W(Y) = 1 (itself) + 1 (via X).
+    graph = nx.DiGraph([("X", "Y"), ("Y", "Z")])
+    assert path_counts(graph, ["X", "Y"]) == {"X": 1, "Y": 2, "Z": 2}
+    assert popularity_scores(graph, ["X", "Y"]) == {"X": 1, "Y": 3, "Z": 5}
+
+
+def _brute_force_scores(graph: nx.DiGraph, roots: list[str]) -> dict[str, int]:
+    counts = {
+        node: sum(
+            (1 if root == node else len(list(nx.all_simple_paths(graph, root, node))))
+            for root in roots
+        )
+        for node in graph
+    }
+    return {x: sum(counts[u] for u in nx.ancestors(graph, x) | {x}) for x in graph}
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> nx.DiGraph:
+    size = draw(st.integers(min_value=1, max_value=9))
+    edges = draw(
+        st.lists(
+            st.tuples(st.integers(0, size - 1), st.integers(0, size - 1)).filter(
+                lambda e: e[0] < e[1]
+            ),
+            max_size=20,
+        )
+    )
+    graph = nx.DiGraph()
+    graph.add_nodes_from(range(size))
+    graph.add_edges_from(edges)
+    return graph
+
+
+@settings(max_examples=300, deadline=None)
+@given(dags())
+def test_scores_equal_a_brute_force_recount(graph: nx.DiGraph) -> None:
+    roots = [node for node, degree in graph.in_degree() if degree == 0]
+    assert popularity_scores(graph, roots) == _brute_force_scores(graph, roots)
+
+
+def test_layers_most_popular_first_and_one_shared_top_layer() -> None:
+    app, lib, glibc, extra = _path("app"), _path("lib", "b"), _path("glibc", "c"), _path("x", "d")
+    graph = nx.DiGraph([(app, lib), (app, glibc), (lib, glibc), (app, extra)])
+    # pop: glibc 4 (app, lib and itself twice), lib 2, extra 2, app 1; lib < x by name.
+    assert popularity(graph, [app], 3) == [[glibc], [lib], [extra, app]]
+    assert popularity(graph, [app], 10) == [[glibc], [lib], [extra], [app]]
+    assert popularity(graph, [app], 1) == [[glibc, lib, extra, app]]
+
+
+def test_ties_are_broken_by_name_then_hash() -> None:
+    root = _path("root")
+    zlib, abc_2, abc_1 = _path("zlib", "b"), _path("abc", "d"), _path("abc", "c")
+    graph = nx.DiGraph([(root, zlib), (root, abc_2), (root, abc_1)])
+    assert popularity(graph, [root], 10) == [[abc_1], [abc_2], [zlib], [root]]
