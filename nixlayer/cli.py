@@ -9,9 +9,13 @@ import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
 
-import click
 import typer
 from tqdm import tqdm
+
+try:  # typer ≥ 0.29 carries its own click; older ones use the click package
+    from typer.exceptions import TyperException as UsageProblem
+except ImportError:  # pragma: no cover
+    from click import ClickException as UsageProblem
 
 from nixlayer.closure import DEFAULT_STORE_DIR
 from nixlayer.docker_archive import write_docker_archive
@@ -201,8 +205,10 @@ def plan_command(
     strategy: StrategyOpt = "popularity",
     quiet: Quiet = False,
 ) -> None:
-    """Assign store paths to layers and write the plan as JSON; reads no store contents
-    unless the closure lacks NAR sizes."""
+    """Assign store paths to layers and write the plan as JSON.
+
+    Reads no store contents, unless the closure lacks NAR sizes.
+    """
     plan = _plan(
         closure_file,
         input_format,
@@ -234,11 +240,13 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False)
-    except click.ClickException as e:
+    except UsageProblem as e:
+        if not e.format_message():  # help was shown for a bare `nixlayer`
+            sys.exit(2)
         _fail(e.format_message().replace("\n", " "), 2)
     except NixlayerError as e:
         _fail(str(e), 2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
     except BrokenPipeError:
         sys.exit(1)

@@ -428,7 +428,10 @@ def _json_type(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    """A value from the input as JSON on one short line, safe in an error message."""
+    """A value from the input as JSON on one short line, safe in an error message;
+    a list or object is named by its type only (it may be large or deeply nested)."""
+    if isinstance(value, (list, dict)):
+        return _json_type(value)
     text = json.dumps(value)
     return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 3] + "..."
 
