@@ -63,14 +63,14 @@ AttrsKey = Annotated[
 ]
 StoreDir = Annotated[
     str | None,
-    typer.Option(help=f"The logical store directory in the image Default: {DEFAULT_STORE_DIR}.."),
+    typer.Option(help=f"The logical store directory in the image. Default: {DEFAULT_STORE_DIR}."),
 ]
 StoreRoot = Annotated[
     Path, typer.Option(help="Where the store directory is found on this machine.")
 ]
 Roots = Annotated[
     list[str] | None,
-    typer.Option("--root", help="A root of the image (repeatable) Default: unreferenced paths.."),
+    typer.Option("--root", help="A root of the image (repeatable). Default: unreferenced paths."),
 ]
 MaxLayers = Annotated[int, typer.Option(help="The most layers the image may have.")]
 StrategyOpt = Annotated[str, typer.Option(help=f"The layering strategy: {', '.join(STRATEGIES)}.")]
@@ -116,20 +116,20 @@ def from_closure(
         str | None,
         typer.Option(
             help="Architecture: amd64, arm64, arm/v7… or a Nix system like "
-            "aarch64-linux Default: this machine's.."
+            "aarch64-linux. Default: this machine's."
         ),
     ] = None,
     created: Annotated[
         str | None,
         typer.Option(
-            help="Creation time, RFC 3339 or 'now' Default: from SOURCE_DATE_EPOCH, "
-            "else 1970-01-01T00:00:01Z.."
+            help="Creation time, RFC 3339 or 'now'. Default: from SOURCE_DATE_EPOCH, "
+            "else 1970-01-01T00:00:01Z."
         ),
     ] = None,
     mtime: Annotated[
         int | None,
         typer.Option(
-            help="File times in the layers, in seconds Default: SOURCE_DATE_EPOCH, else 1..",
+            help="File times in the layers, in seconds. Default: SOURCE_DATE_EPOCH, else 1.",
             min=0,
             max=MAX_TIMESTAMP,
         ),
