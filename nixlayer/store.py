@@ -57,7 +57,7 @@ def _entry(name: bytes, disk_path: bytes, st: os.stat_result) -> Entry:
     if stat.S_ISLNK(st.st_mode):
         return Entry(name, Kind.SYMLINK, SYMLINK_MODE, target=os.readlink(disk_path))
     if stat.S_ISREG(st.st_mode):
-        mode = EXECUTABLE_MODE if st.st_mode & 0o111 else FILE_MODE
+        mode = EXECUTABLE_MODE if st.st_mode & stat.S_IXUSR else FILE_MODE  # as Nix decides
         inode = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
         return Entry(name, Kind.FILE, mode, st.st_size, disk_path=disk_path, inode=inode)
     raise NixlayerError(

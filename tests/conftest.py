@@ -1,0 +1,32 @@
+"""Session fixtures: the generated fixture store and the external tools the tests use."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from consumers import FixtureStore, Tools, load_fixture_generator, write_json
+
+
+@pytest.fixture(scope="session")
+def fixture_store(tmp_path_factory: pytest.TempPathFactory) -> FixtureStore:
+    """A fresh copy of the fixture store, generated once per session.
+
+    Generated rather than copied from fixtures/store so that the tests never depend
+    on a stale tree, and in a temporary folder so tests may touch it freely.
+    """
+    generator = load_fixture_generator()
+    base = tmp_path_factory.mktemp("fixture")
+    entries = generator.make_fixture_store(base / "store")
+    closure_file = write_json(base / "store-closure.json", entries)
+    return FixtureStore(base / "store", closure_file, entries)
+
+
+@pytest.fixture(scope="session")
+def tools() -> Tools:
+    """skopeo and umoci, or a skip naming the one missing and how to install it."""
+    found = {name: shutil.which(name) for name in ("skopeo", "umoci")}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not on PATH: run scripts/install-test-deps.sh")
+    return Tools(skopeo=str(found["skopeo"]), umoci=str(found["umoci"]))
