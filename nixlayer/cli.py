@@ -12,31 +12,37 @@ from typing import Annotated, NoReturn
 import typer
 from tqdm import tqdm
 
+from nixlayer.build import (
+    ClosureInput,
+    Identity,
+    image_run_config,
+    image_settings,
+    load_closure,
+    plan_image,
+)
+from nixlayer.closure import DEFAULT_STORE_DIR
+from nixlayer.customisation import (
+    Customisation,
+    parse_add,
+    parse_link_paths,
+    parse_mkdir,
+    parse_symlink,
+)
+from nixlayer.errors import NixlayerError
+from nixlayer.formats import read_image
+from nixlayer.formats.docker_archive import write_docker_archive
+from nixlayer.image import MAX_TIMESTAMP, ImageSpec
+from nixlayer.inspect import describe_image, format_description
+from nixlayer.output import atomic_output
+from nixlayer.plan import make_plan, plan_table
+from nixlayer.readers import INPUT_FORMATS
+from nixlayer.runconfig import RunFlags
+from nixlayer.strategies import STRATEGIES
+
 try:  # typer ≥ 0.29 carries its own click; older ones use the click package
     from typer.exceptions import TyperException as UsageProblem
 except ImportError:  # pragma: no cover
     from click import ClickException as UsageProblem
-
-from nixlayer.closure import DEFAULT_STORE_DIR
-from nixlayer.docker_archive import write_docker_archive
-from nixlayer.errors import NixlayerError
-from nixlayer.image import (
-    DEFAULT_MTIME,
-    MAX_TIMESTAMP,
-    ImageSettings,
-    default_name,
-    host_architecture,
-    parse_architecture,
-    parse_created,
-    parse_name,
-    source_date_epoch,
-    timestamp,
-)
-from nixlayer.output import atomic_output
-from nixlayer.plan import Plan, make_plan, plan_table
-from nixlayer.readers import INPUT_FORMATS, read_closure
-from nixlayer.store import with_disk_nar_sizes
-from nixlayer.strategies import STRATEGIES
 
 app = typer.Typer(
     add_completion=False,
@@ -77,62 +83,62 @@ StrategyOpt = Annotated[str, typer.Option(help=f"The layering strategy: {', '.jo
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")]
 
 
+def _opt(help_text: str, *names: str) -> typer.models.OptionInfo:
+    return typer.Option(*names, help=help_text, show_default=False)
+
+
 def _note(message: str, quiet: bool) -> None:
     if not quiet:
         print(f"nixlayer: {message}", file=sys.stderr)
 
 
-def _plan(
-    closure_file: Path,
-    input_format: str | None,
-    attrs_key: str | None,
-    store_dir: str | None,
-    store_root: Path,
-    roots: list[str] | None,
-    max_layers: int,
-    strategy: str,
-    quiet: bool,
-) -> Plan:
-    closure = read_closure(closure_file, input_format, attrs_key, store_dir)
-    if not closure.has_nar_sizes:
-        _note(f"{closure.source} has no narSize: reading the sizes from {store_root}", quiet)
-        closure = with_disk_nar_sizes(closure, os.fsencode(store_root))
-    return make_plan(closure, strategy, max_layers, roots or ())
-
-
 @app.command("from-closure")
 def from_closure(
     closure_file: ClosureArg,
-    output: Annotated[
-        str, typer.Option("--output", "-o", help="The image file; - for stdout.")
-    ] = "image.tar",
-    name: Annotated[
-        str | None,
-        typer.Option(
-            help="NAME[:TAG]; the tag defaults to one derived from the content.", show_default=False
-        ),
-    ] = None,
+    output: Annotated[str, _opt("The image file; - for stdout.", "--output", "-o")] = "image.tar",
+    name: Annotated[str | None, _opt("NAME[:TAG]. Default: the root's name.")] = None,
+    tag: Annotated[str | None, _opt("The tag. Default: derived from the content.")] = None,
     arch: Annotated[
         str | None,
-        typer.Option(
-            help="Architecture: amd64, arm64, arm/v7… or a Nix system like "
-            "aarch64-linux. Default: this machine's."
-        ),
+        _opt("amd64, arm64, arm/v7… or a Nix system like aarch64-linux. Default: this machine's."),
     ] = None,
     created: Annotated[
         str | None,
-        typer.Option(
-            help="Creation time, RFC 3339 or 'now'. Default: from SOURCE_DATE_EPOCH, "
-            "else 1970-01-01T00:00:01Z."
-        ),
+        _opt("Creation time, RFC 3339 or 'now'. Default: SOURCE_DATE_EPOCH, else 1970-01-01."),
     ] = None,
     mtime: Annotated[
         int | None,
         typer.Option(
-            help="File times in the layers, in seconds. Default: SOURCE_DATE_EPOCH, else 1.",
+            help="File times in the layers. Default: SOURCE_DATE_EPOCH, else 1.",
             min=0,
             max=MAX_TIMESTAMP,
         ),
+    ] = None,
+    cmd: Annotated[str | None, _opt("Cmd: a JSON array, or one plain argument.")] = None,
+    entrypoint: Annotated[str | None, _opt("Entrypoint: a JSON array, or one argument.")] = None,
+    env: Annotated[list[str] | None, _opt("KEY=VALUE (repeatable).")] = None,
+    expose: Annotated[list[str] | None, _opt("PORT[/tcp|udp] (repeatable).")] = None,
+    workdir: Annotated[str | None, _opt("The working directory.")] = None,
+    volume: Annotated[list[str] | None, _opt("A volume path (repeatable).")] = None,
+    user: Annotated[str | None, _opt("USER[:GROUP] or UID[:GID] to run as.")] = None,
+    label: Annotated[list[str] | None, _opt("KEY=VALUE (repeatable).")] = None,
+    stop_signal: Annotated[str | None, _opt("The signal that stops the container.")] = None,
+    config: Annotated[
+        Path | None, _opt("A JSON file with an OCI image config's `config` object.")
+    ] = None,
+    contents: Annotated[
+        list[str] | None, _opt("A store path to link into the image root (repeatable).")
+    ] = None,
+    link_paths: Annotated[
+        str | None, _opt("Link only these paths of --contents, e.g. /bin,/etc.")
+    ] = None,
+    add: Annotated[
+        list[str] | None, _opt("SRC:DEST[:MODE]: copy a host file or folder (repeatable).")
+    ] = None,
+    mkdir: Annotated[list[str] | None, _opt("DEST[:MODE[:UID:GID]] (repeatable).")] = None,
+    symlink: Annotated[list[str] | None, _opt("DEST:TARGET (repeatable).")] = None,
+    from_image: Annotated[
+        str | None, _opt("A base image (docker-archive or OCI layout) to build on.", "--from")
     ] = None,
     input_format: InputFormat = None,
     attrs_key: AttrsKey = None,
@@ -144,58 +150,54 @@ def from_closure(
     quiet: Quiet = False,
 ) -> None:
     """Build a docker-archive image from a closure and the store on disk."""
-    plan = _plan(
-        closure_file,
-        input_format,
-        attrs_key,
-        store_dir,
-        store_root,
-        root,
-        max_layers,
-        strategy,
-        quiet,
+    source = ClosureInput(closure_file, input_format, attrs_key, store_dir, store_root)
+    closure = load_closure(source, lambda message: _note(message, quiet))
+    base = read_image(from_image, "--from") if from_image else None
+    customisation = Customisation(
+        contents=tuple(contents or ()),
+        link_paths=parse_link_paths(link_paths) if link_paths else ("/",),
+        adds=tuple(map(parse_add, add or ())),
+        directories=tuple(map(parse_mkdir, mkdir or ())),
+        symlinks=tuple(map(parse_symlink, symlink or ())),
     )
-    epoch = source_date_epoch(dict(os.environ))
-    image_name, tag = parse_name(name) if name else (default_name(plan.roots), None)
-    architecture, variant = parse_architecture(arch or host_architecture())
-    settings = ImageSettings(
-        name=image_name,
-        tag=tag,
-        architecture=architecture,
-        variant=variant,
-        created=parse_created(created) if created else timestamp(epoch or DEFAULT_MTIME),
-        mtime=mtime if mtime is not None else (epoch or DEFAULT_MTIME),
+    flags = RunFlags(cmd, entrypoint, env or (), expose or (), workdir, volume or (), user,
+                     label or (), stop_signal)  # fmt: skip
+    run = image_run_config(base, config, flags)
+    plan, layers = plan_image(
+        closure, store_root, customisation, base, strategy, max_layers, root or ()
     )
-    with _progress(plan, quiet) as bar, atomic_output(output) as out:
-        repo_tag = write_docker_archive(
-            plan, os.fsencode(store_root), settings, out, bar.update, lambda: _count_layer(bar)
-        )
-    _note(f"wrote {repo_tag} to {output} ({len(plan.layers)} layers)", quiet)
+    identity = Identity(name, tag, arch, created, mtime)
+    settings = image_settings(identity, plan.roots, base, os.environ)
+    spec = ImageSpec(settings, run, layers, base)
+    total = sum(layer.nar_size for layer in plan.layers) + sum(
+        layer.blob_size for layer in (base.layers if base else ())
+    )
+    with _progress(total, quiet) as bar, atomic_output(output) as out:
+        repo_tag = write_docker_archive(spec, out, bar.update, lambda: _count_layer(bar))
+    _note(f"wrote {repo_tag} to {output} ({len(spec.all_layers)} layers)", quiet)
 
 
-def _progress(plan: Plan, quiet: bool) -> tqdm:
+def _progress(total: int, quiet: bool) -> tqdm:
     """Bytes and layers on stderr, only when a person is watching."""
     bar = tqdm(
-        total=sum(layer.nar_size for layer in plan.layers),
+        total=total,
         unit="B",
         unit_scale=True,
         disable=quiet or not sys.stderr.isatty(),
     )
-    bar.layers_done, bar.layers_total = 0, len(plan.layers)
+    bar.layers_done = 0
     return bar
 
 
 def _count_layer(bar: tqdm) -> None:
     bar.layers_done += 1
-    bar.set_postfix_str(f"{bar.layers_done}/{bar.layers_total} layers")
+    bar.set_postfix_str(f"{bar.layers_done} layers")
 
 
 @app.command("plan")
 def plan_command(
     closure_file: ClosureArg,
-    output: Annotated[
-        str, typer.Option("--output", "-o", help="The plan JSON file; - for stdout.")
-    ] = "-",
+    output: Annotated[str, _opt("The plan JSON file; - for stdout.", "--output", "-o")] = "-",
     input_format: InputFormat = None,
     attrs_key: AttrsKey = None,
     store_dir: StoreDir = None,
@@ -207,23 +209,29 @@ def plan_command(
 ) -> None:
     """Assign store paths to layers and write the plan as JSON.
 
-    Reads no store contents, unless the closure lacks NAR sizes.
+    Reads no store contents, unless the closure lacks NAR sizes. --max-layers is the
+    budget of store layers alone here.
     """
-    plan = _plan(
-        closure_file,
-        input_format,
-        attrs_key,
-        store_dir,
-        store_root,
-        root,
-        max_layers,
-        strategy,
-        quiet,
-    )
+    source = ClosureInput(closure_file, input_format, attrs_key, store_dir, store_root)
+    closure = load_closure(source, lambda message: _note(message, quiet))
+    plan = make_plan(closure, strategy, max_layers, root or ())
     with atomic_output(output) as out:
         out.write(json.dumps(plan.to_json(), indent=2).encode() + b"\n")
     if not quiet:
         print(plan_table(plan), file=sys.stderr)
+
+
+@app.command("inspect")
+def inspect_command(
+    image: Annotated[str, typer.Argument(help="A docker-archive, OCI layout or oci-archive.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Show an image's config and, per layer, its digest, size and store paths."""
+    description = describe_image(read_image(image, "IMAGE"))
+    if as_json:
+        print(json.dumps(description, indent=2))
+    else:
+        print(format_description(description))
 
 
 def _fail(message: str, code: int) -> NoReturn:

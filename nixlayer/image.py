@@ -17,12 +17,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from nixlayer.errors import NixlayerError
-from nixlayer.plan import Plan
+from nixlayer.layers import BlobLayer, Layer
 
 DEFAULT_MTIME = 1
 MAX_TIMESTAMP = 0o77777777777  # what a tar header's mtime field holds
-CREATED_BY = "nixlayer"
-HISTORY_PREFIX = "store paths: "
 
 # Docker/OCI architecture names, and what Nix systems and `uname -m` call them.
 _ARCHITECTURES = {
@@ -64,6 +62,33 @@ class ImageSettings:
     variant: str | None
     created: str
     mtime: int
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """An image read back from disk: a base for ``--from``, or one to inspect."""
+
+    source: str
+    config: dict[str, Any]
+    layers: tuple[BlobLayer, ...]
+    repo_tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Everything an image format needs to write an image, bottom layer first.
+
+    ``layers`` are nixlayer's own; a base image's layers go below them.
+    """
+
+    settings: ImageSettings
+    run_config: dict[str, Any]
+    layers: tuple[Layer, ...]
+    base: SourceImage | None = None
+
+    @property
+    def all_layers(self) -> tuple[Layer, ...]:
+        return (*(self.base.layers if self.base else ()), *self.layers)
 
 
 def parse_architecture(value: str) -> tuple[str, str | None]:
@@ -115,27 +140,37 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def config_json(settings: ImageSettings, plan: Plan, diff_ids: Sequence[str]) -> bytes:
-    """The image config: platform, creation time, diff_ids, and one history entry a
-    layer whose comment lists its store paths, so tools can read the plan back."""
+def config_json(spec: ImageSpec, diff_ids: Sequence[str]) -> bytes:
+    """The image config: platform, creation time, run config, diff_ids, and a history
+    entry a layer, whose comment lists its store paths so tools can read the plan back.
+
+    A base image's history is kept as it was, with ours after it.
+    """
+    settings = spec.settings
+    base_history = spec.base.config.get("history", []) if spec.base else []
     config: dict[str, Any] = {
         "architecture": settings.architecture,
         "os": "linux",
         "created": settings.created,
-        "config": {},
+        "config": spec.run_config,
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{d}" for d in diff_ids]},
         "history": [
-            {
-                "created": settings.created,
-                "created_by": CREATED_BY,
-                "comment": HISTORY_PREFIX + " ".join(layer.paths),
-            }
-            for layer in plan.layers
+            *base_history,
+            *({"created": settings.created, **layer.history} for layer in spec.layers),
         ],
     }
     if settings.variant:
         config["variant"] = settings.variant
     return canonical_json(config)
+
+
+def layer_histories(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The history entries that belong to layers (not ``empty_layer`` ones), padded
+    with empty entries where an image's history is shorter than its layers."""
+    history = [h for h in config.get("history") or () if isinstance(h, dict)]
+    owned = [h for h in history if not h.get("empty_layer")]
+    count = len(config.get("rootfs", {}).get("diff_ids") or ())
+    return (owned + [{}] * count)[:count]
 
 
 def content_tag(config: bytes) -> str:

@@ -20,6 +20,7 @@ DIR_MODE = 0o555
 FILE_MODE = 0o444
 EXECUTABLE_MODE = 0o555
 SYMLINK_MODE = 0o777
+STORE_DIR_MODE = 0o755  # the store directory and its parents, as a multi-user Nix has them
 
 
 class Kind(enum.Enum):
@@ -34,7 +35,8 @@ class Entry:
 
     ``name`` is the archive name without a leading slash (``nix/store/<base>/…``);
     ``disk_path`` is where it is read from; ``inode`` is set for files with more
-    than one hard link, so that twins inside one layer can be stored once.
+    than one hard link, so that twins inside one layer can be stored once. Store
+    entries belong to root; only entries the user asks for get another ``owner``.
     """
 
     name: bytes
@@ -44,6 +46,7 @@ class Entry:
     target: bytes = b""
     disk_path: bytes = b""
     inode: tuple[int, int] | None = None
+    owner: tuple[int, int] = (0, 0)
 
 
 def store_path_on_disk(store_root: bytes, store_path: str) -> bytes:
@@ -66,23 +69,40 @@ def _entry(name: bytes, disk_path: bytes, st: os.stat_result) -> Entry:
     )
 
 
+def store_dir_entries(store_dir: str) -> list[Entry]:
+    """The store directory and its parents (``nix``, ``nix/store``), which every store
+    layer carries so that it can be unpacked on its own."""
+    parts = store_dir.strip("/").split("/")
+    return [
+        Entry(os.fsencode("/".join(parts[: depth + 1])), Kind.DIRECTORY, STORE_DIR_MODE)
+        for depth in range(len(parts))
+    ]
+
+
+def store_layer_entries(
+    store_root: bytes, store_dir: str, store_paths: Iterable[str]
+) -> list[Entry]:
+    """Everything a layer of these store paths holds, in no particular order."""
+    entries = store_dir_entries(store_dir)
+    for path in store_paths:
+        entries.extend(walk_store_path(store_root, path))
+    return entries
+
+
 def _children(name: bytes, disk_path: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
+    prefix = name + b"/" if name else b""
     with os.scandir(disk_path) as children:
         return [
-            (name + b"/" + child.name, child.path, child.stat(follow_symlinks=False))
+            (prefix + child.name, child.path, child.stat(follow_symlinks=False))
             for child in children
         ]
 
 
-def walk_store_path(store_root: bytes, store_path: str) -> Iterator[Entry]:
-    """Every entry of one store path, the path itself first, from ``lstat`` only.
-
-    Symlinks are never followed; a store path may itself be a file or a symlink.
-    """
-    root_disk = store_path_on_disk(store_root, store_path)
-    root_name = os.fsencode(store_path).lstrip(b"/")
+def walk_tree(disk_root: bytes, name_root: bytes) -> Iterator[Entry]:
+    """Every entry of a tree on disk, its top first, from ``lstat`` only, named below
+    ``name_root``. Symlinks are never followed; the top may be a file or a symlink."""
     try:
-        pending = [(root_name, root_disk, os.lstat(root_disk))]
+        pending = [(name_root, disk_root, os.lstat(disk_root))]
         while pending:
             name, disk_path, st = pending.pop()
             entry = _entry(name, disk_path, st)
@@ -95,6 +115,12 @@ def walk_store_path(store_root: bytes, store_path: str) -> Iterator[Entry]:
         raise NixlayerError(
             f"{os.fsdecode(e.filename)}: cannot read it: permission denied"
         ) from None
+
+
+def walk_store_path(store_root: bytes, store_path: str) -> Iterator[Entry]:
+    """Every entry of one store path, the path itself first (see ``walk_tree``)."""
+    name = os.fsencode(store_path).lstrip(b"/")
+    return walk_tree(store_path_on_disk(store_root, store_path), name)
 
 
 def _nar_string(length: int) -> int:

@@ -15,13 +15,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from nixlayer.errors import NixlayerError
-from nixlayer.store import Entry, Kind, walk_store_path
+from nixlayer.store import Entry, Kind
 
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)
 READ_CHUNK = 1 << 20
 MAX_OCTAL_SIZE = 0o77777777777  # the largest size a USTAR header can hold (8 GiB - 1)
-TOP_DIR_MODE = 0o755
+MAX_OCTAL_ID = 0o7777777  # the largest uid or gid it can hold
 
 _TYPEFLAGS = {Kind.FILE: b"0", Kind.SYMLINK: b"2", Kind.DIRECTORY: b"5"}
 _HARDLINK = b"1"
@@ -62,9 +62,15 @@ def _octal(value: int, width: int) -> bytes:
 
 
 def _ustar_header(
-    name: bytes, mode: int, size: int, mtime: int, typeflag: bytes, linkname: bytes = b""
+    name: bytes,
+    mode: int,
+    size: int,
+    mtime: int,
+    typeflag: bytes,
+    linkname: bytes = b"",
+    owner: tuple[int, int] = (0, 0),
 ) -> bytes:
-    """A 512-byte USTAR header with uid/gid 0 and empty user and group names.
+    """A 512-byte USTAR header with empty user and group names.
 
     ``name`` is split into prefix and name where it is too long for the name
     field alone; callers send longer or non-ASCII names through PAX records.
@@ -74,8 +80,7 @@ def _ustar_header(
         (
             short_name.ljust(100, b"\0"),
             _octal(mode, 8),
-            _octal(0, 8),
-            _octal(0, 8),
+            *(_octal(i if i <= MAX_OCTAL_ID else 0, 8) for i in owner),
             _octal(size if size <= MAX_OCTAL_SIZE else 0, 12),
             _octal(mtime, 12),
             b" " * 8,
@@ -111,15 +116,19 @@ def _pax_record(key: bytes, value: bytes) -> bytes:
     return b"%d%s" % (length, body)
 
 
-def _pax_records(name: bytes, linkname: bytes, size: int) -> bytes:
+def _pax_records(name: bytes, linkname: bytes, size: int, owner: tuple[int, int]) -> bytes:
     """The PAX records a member needs, in a fixed order; empty for most members."""
     records = []
-    if not name.isascii() or _split_name(name) is None:
-        records.append((b"path", name))
+    if owner[1] > MAX_OCTAL_ID:
+        records.append((b"gid", b"%d" % owner[1]))
     if len(linkname) > 100 or not linkname.isascii():
         records.append((b"linkpath", linkname))
+    if not name.isascii() or _split_name(name) is None:
+        records.append((b"path", name))
     if size > MAX_OCTAL_SIZE:
         records.append((b"size", b"%d" % size))
+    if owner[0] > MAX_OCTAL_ID:
+        records.append((b"uid", b"%d" % owner[0]))
     if not records:
         return b""
     if not all(_is_utf8(value) for _, value in records):
@@ -136,11 +145,17 @@ def _is_utf8(value: bytes) -> bool:
 
 
 def header(
-    name: bytes, mode: int, size: int, mtime: int, typeflag: bytes, linkname: bytes = b""
+    name: bytes,
+    mode: int,
+    size: int,
+    mtime: int,
+    typeflag: bytes,
+    linkname: bytes = b"",
+    owner: tuple[int, int] = (0, 0),
 ) -> bytes:
     """The header blocks of one tar member: a PAX extended header first when needed."""
-    pax = _pax_records(name, linkname, size)
-    member = _ustar_header(name, mode, size, mtime, typeflag, linkname)
+    pax = _pax_records(name, linkname, size, owner)
+    member = _ustar_header(name, mode, size, mtime, typeflag, linkname, owner)
     if not pax:
         return member
     pax_header = _ustar_header(_PAX_NAME, 0o644, len(pax), mtime, _PAX)
@@ -155,13 +170,10 @@ def file_header(name: bytes, size: int, mtime: int, mode: int = 0o444) -> bytes:
 def _member_header(member: Member, mtime: int) -> bytes:
     entry = member.entry
     if member.link_to is not None:
-        return header(entry.name, entry.mode, 0, mtime, _HARDLINK, member.link_to)
+        return header(entry.name, entry.mode, 0, mtime, _HARDLINK, member.link_to, entry.owner)
     name = entry.name + b"/" if entry.kind is Kind.DIRECTORY else entry.name
-    return header(name, entry.mode, member.data_size, mtime, _TYPEFLAGS[entry.kind], entry.target)
-
-
-def _top_directories() -> list[Member]:
-    return [Member(Entry(name, Kind.DIRECTORY, TOP_DIR_MODE)) for name in (b"nix", b"nix/store")]
+    typeflag = _TYPEFLAGS[entry.kind]
+    return header(name, entry.mode, member.data_size, mtime, typeflag, entry.target, entry.owner)
 
 
 def _link_twins(entries: list[Entry]) -> list[Member]:
@@ -178,13 +190,9 @@ def _link_twins(entries: list[Entry]) -> list[Member]:
     return members
 
 
-def lay_out_layer(store_root: bytes, store_paths: Iterable[str], mtime: int) -> LayerLayout:
-    """Plan a layer's tar from ``lstat`` alone: members sorted bytewise, exact size."""
-    entries = sorted(
-        (entry for path in store_paths for entry in walk_store_path(store_root, path)),
-        key=lambda entry: entry.name,
-    )
-    members = (*_top_directories(), *_link_twins(entries))
+def lay_out(entries: Iterable[Entry], mtime: int) -> LayerLayout:
+    """Plan a layer's tar from metadata alone: members sorted bytewise, exact size."""
+    members = tuple(_link_twins(sorted(entries, key=lambda entry: entry.name)))
     size = len(END_OF_ARCHIVE) + sum(
         len(_member_header(m, mtime)) + m.data_size + len(padding(m.data_size)) for m in members
     )

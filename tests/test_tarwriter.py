@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from nixlayer.errors import NixlayerError
-from nixlayer.store import walk_store_path
-from nixlayer.tarwriter import file_header, header, lay_out_layer, write_layer
+from nixlayer.store import store_layer_entries, walk_store_path
+from nixlayer.tarwriter import LayerLayout, file_header, header, lay_out, write_layer
 
 HASH = "0" * 32
 
@@ -23,6 +23,10 @@ def _store_path(root: Path, name: str) -> tuple[str, Path]:
     on_disk = root / logical.lstrip("/")
     on_disk.parent.mkdir(parents=True, exist_ok=True)
     return logical, on_disk
+
+
+def lay_out_layer(root: bytes, paths: list[str], mtime: int) -> LayerLayout:
+    return lay_out(store_layer_entries(root, "/nix/store", paths), mtime)
 
 
 def _layer_bytes(root: Path, paths: list[str], mtime: int = 1) -> tuple[bytes, str]:

@@ -1,0 +1,139 @@
+"""From the user's inputs to an ``ImageSpec``: the steps every build takes, in order.
+
+Read the closure (sizes from disk if it has none), read a base image, assemble the
+customisation layer, plan the store layers within what is left of the layer
+budget, and settle the image's identity and run config.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nixlayer.closure import Closure
+from nixlayer.customisation import Customisation, customisation_entries, describe
+from nixlayer.errors import NixlayerError
+from nixlayer.image import (
+    DEFAULT_MTIME,
+    ImageSettings,
+    SourceImage,
+    default_name,
+    host_architecture,
+    parse_architecture,
+    parse_created,
+    parse_name,
+    source_date_epoch,
+    timestamp,
+)
+from nixlayer.layers import EntriesLayer, Layer, StoreLayer
+from nixlayer.plan import Plan, make_plan
+from nixlayer.readers import read_closure
+from nixlayer.runconfig import RunFlags, check_run_config, load_config_file, run_config
+from nixlayer.store import with_disk_nar_sizes
+
+
+@dataclass(frozen=True)
+class ClosureInput:
+    """Where the closure comes from and how to read it."""
+
+    file: Path
+    input_format: str | None = None
+    attrs_key: str | None = None
+    store_dir: str | None = None
+    store_root: Path = Path("/")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The image's name and platform flags, as given (None: not given)."""
+
+    name: str | None = None
+    tag: str | None = None
+    arch: str | None = None
+    created: str | None = None
+    mtime: int | None = None
+
+
+def load_closure(source: ClosureInput, note: Callable[[str], None]) -> Closure:
+    closure = read_closure(source.file, source.input_format, source.attrs_key, source.store_dir)
+    if not closure.has_nar_sizes:
+        note(f"{closure.source} has no narSize: reading the sizes from {source.store_root}")
+        closure = with_disk_nar_sizes(closure, os.fsencode(source.store_root))
+    return closure
+
+
+def layer_budget(max_layers: int, base: SourceImage | None, customised: bool) -> int:
+    """What the strategy may use: ``--max-layers`` less the base's and ours on top."""
+    if max_layers < 1:
+        raise NixlayerError(f"--max-layers {max_layers}: must be at least 1")
+    taken = (len(base.layers) if base else 0) + customised
+    if max_layers - taken < 1:
+        raise NixlayerError(
+            f"--max-layers {max_layers}: the base image and customisation take {taken}, "
+            "leaving none for the store"
+        )
+    return max_layers - taken
+
+
+def _platform(arch: str | None, base: SourceImage | None) -> tuple[str, str | None]:
+    if base is None:
+        return parse_architecture(arch or host_architecture())
+    base_platform = (base.config.get("architecture"), base.config.get("variant"))
+    if arch is not None and parse_architecture(arch) != base_platform:
+        raise NixlayerError(f"--arch {arch}: the base image {base.source} is {base_platform[0]}")
+    return str(base_platform[0]), base_platform[1]
+
+
+def image_settings(
+    identity: Identity, roots: Sequence[str], base: SourceImage | None, environ: Mapping[str, str]
+) -> ImageSettings:
+    """Name, tag, platform and times, with ``SOURCE_DATE_EPOCH`` where none is given."""
+    epoch = source_date_epoch(dict(environ))
+    name, tag = parse_name(identity.name) if identity.name else (default_name(roots), None)
+    architecture, variant = _platform(identity.arch, base)
+    return ImageSettings(
+        name=name,
+        tag=identity.tag or tag,
+        architecture=architecture,
+        variant=variant,
+        created=parse_created(identity.created)
+        if identity.created
+        else timestamp(epoch or DEFAULT_MTIME),
+        mtime=identity.mtime if identity.mtime is not None else (epoch or DEFAULT_MTIME),
+    )
+
+
+def plan_image(
+    closure: Closure,
+    store_root: Path,
+    customisation: Customisation,
+    base: SourceImage | None,
+    strategy: str,
+    max_layers: int,
+    roots: Sequence[str] = (),
+) -> tuple[Plan, tuple[Layer, ...]]:
+    """The plan of the store layers, and all of nixlayer's layers bottom first."""
+    root_bytes = os.fsencode(store_root)
+    entries = customisation_entries(customisation, closure, root_bytes)
+    budget = layer_budget(max_layers, base, bool(entries))
+    plan = make_plan(closure, strategy, budget, roots)
+    layers: list[Layer] = [
+        StoreLayer(layer.paths, root_bytes, closure.store_dir) for layer in plan.layers
+    ]
+    if entries:
+        layers.append(EntriesLayer(tuple(entries), describe(customisation)))
+    return plan, tuple(layers)
+
+
+def image_run_config(
+    base: SourceImage | None, config_file: Path | None, flags: RunFlags
+) -> dict[str, Any]:
+    base_config: dict[str, Any] = {}
+    if base is not None:
+        base_config = base.config.get("config") or {}
+        check_run_config(base_config, f"--from {base.source}")
+    file_config = load_config_file(config_file) if config_file else {}
+    return run_config(base_config, file_config, flags=flags)

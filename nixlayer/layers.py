@@ -1,0 +1,173 @@
+"""The layers of an image, whatever they are made from, behind one small interface.
+
+Store layers (a plan's groups of paths) and the customisation layer are laid out
+from metadata and streamed by the tar writer; a base image's layers already exist
+as blobs and are copied. A layer is prepared only when it is about to be written,
+so that one layer's metadata at a time sits in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
+
+from nixlayer.errors import NixlayerError
+from nixlayer.store import Entry, store_layer_entries
+from nixlayer.tarwriter import Emit, LayerLayout, lay_out, write_layer
+
+CREATED_BY = "nixlayer"
+STORE_PATHS_PREFIX = "store paths: "
+_CHUNK = 1 << 20
+
+
+class PreparedLayer(Protocol):
+    """A layer ready to stream: its uncompressed size is known before its bytes."""
+
+    @property
+    def size(self) -> int: ...
+
+    def stream(self, write: Emit, on_bytes: Callable[[int], None]) -> str:
+        """Write the uncompressed tar and return its sha256 (hex)."""
+        ...
+
+
+class Layer(Protocol):
+    @property
+    def history(self) -> dict[str, Any]: ...
+
+    def prepare(self, mtime: int) -> PreparedLayer: ...
+
+
+@dataclass(frozen=True)
+class _Laid:
+    layout: LayerLayout
+
+    @property
+    def size(self) -> int:
+        return self.layout.size
+
+    def stream(self, write: Emit, on_bytes: Callable[[int], None]) -> str:
+        return write_layer(self.layout, write, on_bytes)
+
+
+@dataclass(frozen=True)
+class StoreLayer:
+    """A group of store paths, read from ``store_root``."""
+
+    paths: tuple[str, ...]
+    store_root: bytes
+    store_dir: str
+
+    @property
+    def history(self) -> dict[str, Any]:
+        return {"created_by": CREATED_BY, "comment": STORE_PATHS_PREFIX + " ".join(self.paths)}
+
+    def prepare(self, mtime: int) -> PreparedLayer:
+        return _Laid(
+            lay_out(store_layer_entries(self.store_root, self.store_dir, self.paths), mtime)
+        )
+
+
+@dataclass(frozen=True)
+class EntriesLayer:
+    """Entries assembled by nixlayer itself (the customisation layer)."""
+
+    entries: tuple[Entry, ...]
+    comment: str
+
+    @property
+    def history(self) -> dict[str, Any]:
+        return {"created_by": CREATED_BY, "comment": self.comment}
+
+    def prepare(self, mtime: int) -> PreparedLayer:
+        return _Laid(lay_out(self.entries, mtime))
+
+
+@dataclass(frozen=True)
+class BlobLayer:
+    """A layer that exists already, e.g. in a base image: ``open`` gives its blob.
+
+    A compressed blob is decompressed once into a temporary file, since an
+    archive needs the uncompressed size before the bytes; its diff_id is checked
+    on the way, so that a corrupt base image stops the build.
+    """
+
+    diff_id: str
+    digest: str | None
+    media_type: str
+    open: Callable[[], IO[bytes]]
+    blob_size: int
+    history: dict[str, Any]
+    source: str
+
+    @property
+    def compression(self) -> str | None:
+        for suffix in ("gzip", "zstd"):
+            if self.media_type.endswith(suffix):
+                return suffix
+        return None
+
+    def prepare(self, mtime: int) -> PreparedLayer:
+        if self.compression is None:
+            return _Blob(self, self.open, self.blob_size)
+        spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed once streamed)
+        digest = _copy_decompressed(self, spool)
+        self.check(digest)
+        size = spool.tell()
+
+        def reopen() -> IO[bytes]:
+            spool.seek(0)
+            return spool
+
+        return _Blob(self, reopen, size)
+
+    def check(self, digest: str) -> None:
+        if f"sha256:{digest}" != self.diff_id:
+            raise NixlayerError(f"{self.source}: layer {self.diff_id} does not match its diff_id")
+
+
+def _decompressor(compression: str) -> Any:
+    if compression == "gzip":
+        return zlib.decompressobj(wbits=47)
+    import zstandard
+
+    return zstandard.ZstdDecompressor().decompressobj()
+
+
+def _copy_decompressed(layer: BlobLayer, out: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    decompressor = _decompressor(layer.compression or "")
+    try:
+        with layer.open() as blob:
+            while chunk := blob.read(_CHUNK):
+                data = decompressor.decompress(chunk)
+                digest.update(data)
+                out.write(data)
+    except (zlib.error, OSError) as error:
+        raise NixlayerError(f"{layer.source}: layer {layer.diff_id} is corrupt: {error}") from None
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Blob:
+    layer: BlobLayer
+    open: Callable[[], IO[bytes]]
+    size: int
+
+    def stream(self, write: Emit, on_bytes: Callable[[int], None]) -> str:
+        digest = hashlib.sha256()
+        remaining = self.size
+        with self.open() as blob:
+            while remaining and (chunk := blob.read(min(_CHUNK, remaining))):
+                digest.update(chunk)
+                write(chunk)
+                on_bytes(len(chunk))
+                remaining -= len(chunk)
+        if remaining:
+            raise NixlayerError(f"{self.layer.source}: layer {self.layer.diff_id} is truncated")
+        self.layer.check(digest.hexdigest())
+        return digest.hexdigest()
