@@ -1,0 +1,152 @@
+"""Base images (--from) and inspect, over docker-archives and OCI layouts that skopeo made."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from consumers import (
+    FixtureStore,
+    Tools,
+    compare_tree,
+    read_docker_archive,
+    run_nixlayer,
+    run_ok,
+    skopeo_copy_to_oci,
+    umoci_unpack,
+)
+
+
+@pytest.fixture(scope="module")
+def base_image(fixture_store: FixtureStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An image of the fixture closure with a run config, to build on."""
+    out = tmp_path_factory.mktemp("base") / "base.tar"
+    run_ok(
+        "from-closure", fixture_store.closure_file, "--store-root", fixture_store.root,
+        "-o", out, "--env", "PATH=/bin", "--env", "LANG=C", "--cmd", "sh", "--name", "base:1",
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def top_closure(fixture_store: FixtureStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A closure of one store path of the fixture (zlib → glibc), to put on top."""
+    zlib = fixture_store.path("zlib-1.3.1")
+    wanted = {zlib, *next(e for e in fixture_store.entries if e["path"] == zlib)["references"]}
+    entries = [e for e in fixture_store.entries if e["path"] in wanted]
+    path = tmp_path_factory.mktemp("top") / "closure.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def _build_on(base: str, closure: Path, store: FixtureStore, out: Path, *extra: str) -> None:
+    run_ok("from-closure", closure, "--store-root", store.root, "-o", out, "--from", base, *extra)
+
+
+@pytest.mark.parametrize("base_format", ["docker-archive", "oci"])
+def test_layers_go_on_top_of_the_base(
+    base_format: str,
+    base_image: Path,
+    top_closure: Path,
+    fixture_store: FixtureStore,
+    tools: Tools,
+    tmp_path: Path,
+) -> None:
+    base = str(base_image)
+    if base_format == "oci":  # skopeo's OCI layout holds gzip-compressed layers
+        skopeo_copy_to_oci(base_image, tmp_path / "base-oci", tag="b")
+        base = f"{tmp_path / 'base-oci'}:b"
+    out = tmp_path / "top.tar"
+    _build_on(base, top_closure, fixture_store, out, "--env", "LANG=C.UTF-8", "--workdir", "/w")
+    base_config = read_docker_archive(base_image.read_bytes()).config
+    config = read_docker_archive(out.read_bytes()).config
+    base_ids = base_config["rootfs"]["diff_ids"]
+    assert config["rootfs"]["diff_ids"][: len(base_ids)] == base_ids
+    assert len(config["rootfs"]["diff_ids"]) == len(base_ids) + 2  # zlib and glibc
+    assert config["history"][: len(base_ids)] == base_config["history"]
+    assert config["config"] == {"Cmd": ["sh"], "Env": ["PATH=/bin", "LANG=C.UTF-8"],
+                                "WorkingDir": "/w"}  # fmt: skip
+    skopeo_copy_to_oci(out, tmp_path / "oci")
+    rootfs = umoci_unpack(tmp_path / "oci", "test", tmp_path / "bundle")
+    assert compare_tree(rootfs, fixture_store.root, fixture_store.paths) == []
+
+
+def test_the_base_counts_against_max_layers(
+    base_image: Path, top_closure: Path, fixture_store: FixtureStore, tmp_path: Path
+) -> None:
+    base_layers = len(read_docker_archive(base_image.read_bytes()).config["rootfs"]["diff_ids"])
+    out = tmp_path / "top.tar"
+    _build_on(
+        str(base_image), top_closure, fixture_store, out, "--max-layers", str(base_layers + 1)
+    )
+    assert (
+        len(read_docker_archive(out.read_bytes()).config["rootfs"]["diff_ids"]) == base_layers + 1
+    )
+    result = run_nixlayer(
+        "from-closure", top_closure, "--store-root", fixture_store.root, "-o", tmp_path / "x.tar",
+        "--from", base_image, "--max-layers", str(base_layers),
+    )  # fmt: skip
+    assert result.returncode == 2 and b"--max-layers" in result.stderr
+    assert not (tmp_path / "x.tar").exists()
+
+
+def test_a_corrupt_base_layer_stops_the_build(
+    base_image: Path, top_closure: Path, fixture_store: FixtureStore, tools: Tools, tmp_path: Path
+) -> None:
+    skopeo_copy_to_oci(base_image, tmp_path / "oci", tag="b")
+    manifest_digest = json.loads((tmp_path / "oci" / "index.json").read_text())["manifests"][0]
+    blobs = tmp_path / "oci" / "blobs" / "sha256"
+    manifest = json.loads((blobs / manifest_digest["digest"].split(":")[1]).read_text())
+    victim = blobs / manifest["layers"][-1]["digest"].split(":")[1]
+    victim.write_bytes(subprocess.run(
+        ["gzip", "-n"], input=b"not the layer", capture_output=True, check=True
+    ).stdout)  # fmt: skip
+    out = tmp_path / "top.tar"
+    result = run_nixlayer(
+        "from-closure", top_closure, "--store-root", fixture_store.root, "-o", out,
+        "--from", f"{tmp_path / 'oci'}:b",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert b"does not match its diff_id" in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("what", ["missing", "folder", "not-a-tar"])
+def test_a_base_that_is_not_an_image(
+    what: str, top_closure: Path, fixture_store: FixtureStore, tmp_path: Path
+) -> None:
+    base = tmp_path / "base"
+    if what == "folder":
+        base.mkdir()
+    elif what == "not-a-tar":
+        base.write_text("hello")
+    result = run_nixlayer(
+        "from-closure", top_closure, "--store-root", fixture_store.root,
+        "-o", tmp_path / "x.tar", "--from", base,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nixlayer: error:") and str(base) in lines[0]
+    assert not (tmp_path / "x.tar").exists()
+
+
+def test_inspect_reads_back_the_plan(
+    base_image: Path, fixture_store: FixtureStore, tools: Tools, tmp_path: Path
+) -> None:
+    plan = json.loads(run_ok("plan", fixture_store.closure_file, "-q").stdout)
+    described = json.loads(run_ok("inspect", base_image, "--json").stdout)
+    assert described["repo_tags"] == ["base:1"]
+    assert described["config"]["Cmd"] == ["sh"]
+    assert [layer["store_paths"] for layer in described["layers"]] == [
+        layer["paths"] for layer in plan["layers"]
+    ]
+    skopeo_copy_to_oci(base_image, tmp_path / "oci", tag="b")
+    from_oci = json.loads(run_ok("inspect", f"{tmp_path / 'oci'}:b", "--json").stdout)
+    assert [layer["diff_id"] for layer in from_oci["layers"]] == [
+        layer["diff_id"] for layer in described["layers"]
+    ]
+    assert all(layer["media_type"].endswith("gzip") for layer in from_oci["layers"])
+    text = run_ok("inspect", base_image).stdout.decode()
+    assert "base:1" in text and "glibc-2.38-27" in text
