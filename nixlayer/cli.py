@@ -20,7 +20,9 @@ from nixlayer.build import (
     load_closure,
     plan_image,
 )
+from nixlayer.cache import LayerCache, default_cache_dir
 from nixlayer.closure import DEFAULT_STORE_DIR
+from nixlayer.compression import parse_compression
 from nixlayer.customisation import (
     Customisation,
     parse_add,
@@ -29,8 +31,13 @@ from nixlayer.customisation import (
     parse_symlink,
 )
 from nixlayer.errors import NixlayerError
-from nixlayer.formats import read_image
-from nixlayer.formats.docker_archive import write_docker_archive
+from nixlayer.formats import (
+    DEFAULT_COMPRESSION,
+    FORMATS,
+    default_output,
+    read_image,
+    write_image,
+)
 from nixlayer.image import MAX_TIMESTAMP, ImageSpec
 from nixlayer.inspect import describe_image, format_description
 from nixlayer.output import atomic_output
@@ -95,7 +102,24 @@ def _note(message: str, quiet: bool) -> None:
 @app.command("from-closure")
 def from_closure(
     closure_file: ClosureArg,
-    output: Annotated[str, _opt("The image file; - for stdout.", "--output", "-o")] = "image.tar",
+    output: Annotated[
+        str | None,
+        _opt("The image: a file (- for stdout), or a folder for --format oci.", "--output", "-o"),
+    ] = None,
+    image_format: Annotated[
+        str, typer.Option("--format", help=f"The image format: {', '.join(FORMATS)}.")
+    ] = "docker-archive",
+    compress: Annotated[
+        str | None,
+        _opt("none, gzip or zstd. Default: gzip layers for OCI, none for docker-archive."),
+    ] = None,
+    compress_level: Annotated[int | None, _opt("The compression level.")] = None,
+    cache_dir: Annotated[
+        Path | None, _opt("The layer cache. Default: $XDG_CACHE_HOME/nixlayer.")
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Do not use the layer cache.")
+    ] = False,
     name: Annotated[str | None, _opt("NAME[:TAG]. Default: the root's name.")] = None,
     tag: Annotated[str | None, _opt("The tag. Default: derived from the content.")] = None,
     arch: Annotated[
@@ -149,7 +173,7 @@ def from_closure(
     strategy: StrategyOpt = "popularity",
     quiet: Quiet = False,
 ) -> None:
-    """Build a docker-archive image from a closure and the store on disk."""
+    """Build an image from a closure and the store on disk."""
     source = ClosureInput(closure_file, input_format, attrs_key, store_dir, store_root)
     closure = load_closure(source, lambda message: _note(message, quiet))
     base = read_image(from_image, "--from") if from_image else None
@@ -169,12 +193,22 @@ def from_closure(
     identity = Identity(name, tag, arch, created, mtime)
     settings = image_settings(identity, plan.roots, base, os.environ)
     spec = ImageSpec(settings, run, layers, base)
+    compression = parse_compression(compress or DEFAULT_COMPRESSION[image_format], compress_level)
+    cache = LayerCache(None if no_cache else cache_dir or default_cache_dir(dict(os.environ)))
     total = sum(layer.nar_size for layer in plan.layers) + sum(
         layer.blob_size for layer in (base.layers if base else ())
     )
-    with _progress(total, quiet) as bar, atomic_output(output) as out:
-        repo_tag = write_docker_archive(spec, out, bar.update, lambda: _count_layer(bar))
-    _note(f"wrote {repo_tag} to {output} ({len(spec.all_layers)} layers)", quiet)
+    with _progress(total, quiet) as bar:
+        summary = write_image(
+            spec,
+            image_format,
+            output or default_output(image_format),
+            compression,
+            cache,
+            bar.update,
+            lambda: _count_layer(bar),
+        )
+    _note(f"wrote {summary}", quiet)
 
 
 def _progress(total: int, quiet: bool) -> tqdm:

@@ -41,6 +41,11 @@ class Layer(Protocol):
 
     def prepare(self, mtime: int) -> PreparedLayer: ...
 
+    def identity(self, mtime: int) -> dict[str, Any] | None:
+        """What the layer's bytes are a pure function of, for the cache; None when
+        they depend on files that may change (the customisation layer)."""
+        ...
+
 
 @dataclass(frozen=True)
 class _Laid:
@@ -67,9 +72,11 @@ class StoreLayer:
         return {"created_by": CREATED_BY, "comment": STORE_PATHS_PREFIX + " ".join(self.paths)}
 
     def prepare(self, mtime: int) -> PreparedLayer:
-        return _Laid(
-            lay_out(store_layer_entries(self.store_root, self.store_dir, self.paths), mtime)
-        )
+        entries = store_layer_entries(self.store_root, self.store_dir, self.paths)
+        return _Laid(lay_out(entries, mtime))
+
+    def identity(self, mtime: int) -> dict[str, Any] | None:
+        return {"store_dir": self.store_dir, "paths": sorted(self.paths), "mtime": mtime}
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,9 @@ class EntriesLayer:
 
     def prepare(self, mtime: int) -> PreparedLayer:
         return _Laid(lay_out(self.entries, mtime))
+
+    def identity(self, mtime: int) -> dict[str, Any] | None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,9 @@ class BlobLayer:
             return spool
 
         return _Blob(self, reopen, size)
+
+    def identity(self, mtime: int) -> dict[str, Any] | None:
+        return {"diff_id": self.diff_id}
 
     def check(self, digest: str) -> None:
         if f"sha256:{digest}" != self.diff_id:

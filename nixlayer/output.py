@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO
 
 from nixlayer.errors import NixlayerError
@@ -15,20 +17,53 @@ STDOUT = "-"
 _BUFFER = 1 << 20
 
 
+@functools.cache
 def _umask() -> int:
+    """Read once: reading it means setting it, which must not race with other threads."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
+class PendingFile:
+    """A file written under a temporary name in its final folder, so that publishing
+    it is one atomic rename; discarded unless published."""
+
+    def __init__(self, folder: str | Path) -> None:
+        fd, self.temporary = tempfile.mkstemp(dir=folder, prefix=".nixlayer-", suffix=".tmp")
+        self.file: BinaryIO = open(fd, "wb", buffering=_BUFFER)  # noqa: SIM115
+        self.published = False
+
+    def publish(self, destination: str | Path) -> None:
+        self.file.close()
+        os.chmod(self.temporary, 0o666 & ~_umask())
+        os.replace(self.temporary, destination)
+        self.published = True
+
+    def discard(self) -> None:
+        self.file.close()
+        if not self.published:
+            os.unlink(self.temporary)
+
+
+@contextmanager
+def pending_file(folder: str | Path, flag: str = "-o") -> Iterator[PendingFile]:
+    """A ``PendingFile`` that is removed on any error, Ctrl-C or SIGTERM (which the CLI
+    turns into an exception), or if the block ends without publishing it."""
+    try:
+        pending = PendingFile(folder)
+    except OSError as e:
+        raise NixlayerError(f"{flag} {folder}: cannot write there: {e.strerror}") from None
+    try:
+        yield pending
+    finally:
+        pending.discard()
+
+
 @contextmanager
 def atomic_output(destination: str, flag: str = "-o") -> Iterator[BinaryIO]:
-    """A buffered file that appears at ``destination`` only once it is complete.
-
-    It is written under a temporary name in the destination's folder, so the
-    final rename is atomic, and removed on any error, Ctrl-C or SIGTERM (which
-    the CLI turns into an exception). ``-`` streams to stdout instead.
-    """
+    """A buffered file that appears at ``destination`` only once it is complete;
+    ``-`` streams to stdout instead."""
     if destination == STDOUT:
         out = sys.stdout.buffer
         yield out
@@ -39,15 +74,6 @@ def atomic_output(destination: str, flag: str = "-o") -> Iterator[BinaryIO]:
         raise NixlayerError(f"{flag} {destination}: the folder {folder} does not exist")
     if os.path.isdir(destination):
         raise NixlayerError(f"{flag} {destination}: is a folder, not a file")
-    try:
-        fd, temporary = tempfile.mkstemp(dir=folder, prefix=".nixlayer-", suffix=".tmp")
-    except OSError as e:
-        raise NixlayerError(f"{flag} {destination}: cannot write there: {e.strerror}") from None
-    try:
-        with open(fd, "wb", buffering=_BUFFER) as out:
-            yield out
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, destination)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with pending_file(folder, flag) as pending:
+        yield pending.file
+        pending.publish(destination)

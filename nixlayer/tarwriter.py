@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from nixlayer.errors import NixlayerError
 from nixlayer.store import Entry, Kind
 
+TAR_FORMAT = 1  # bump whenever the bytes written for the same entries change
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)
 READ_CHUNK = 1 << 20

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO, cast
 
+from nixlayer.cache import LayerCache
+from nixlayer.compression import CompressedStream, Compression
 from nixlayer.errors import NixlayerError
-from nixlayer.formats.docker_archive import MANIFEST, read_docker_archive
+from nixlayer.formats.docker_archive import MANIFEST, read_docker_archive, write_docker_archive
 from nixlayer.formats.files import folder_files, tar_files
-from nixlayer.formats.oci import INDEX, LAYOUT, read_oci
-from nixlayer.image import SourceImage
+from nixlayer.formats.oci import (
+    INDEX,
+    LAYOUT,
+    read_oci,
+    write_oci_archive,
+    write_oci_layout,
+)
+from nixlayer.image import ImageSpec, SourceImage
+from nixlayer.output import STDOUT, atomic_output
+
+FORMATS = ("docker-archive", "oci", "oci-archive")
+DEFAULT_COMPRESSION = {"docker-archive": "none", "oci": "gzip", "oci-archive": "gzip"}
 
 
 def _path_and_ref(value: str) -> tuple[Path, str | None]:
@@ -36,3 +52,45 @@ def read_image(value: str, flag: str) -> SourceImage:
     if files.has(MANIFEST):
         return read_docker_archive(files)
     raise NixlayerError(f"{flag} {value}: not a docker-archive or OCI image")
+
+
+def default_output(image_format: str) -> str:
+    return "image" if image_format == "oci" else "image.tar"
+
+
+def write_image(
+    spec: ImageSpec,
+    image_format: str,
+    output: str,
+    compression: Compression,
+    cache: LayerCache,
+    on_bytes: Callable[[int], None] = lambda n: None,
+    on_layer: Callable[[], None] = lambda: None,
+) -> str:
+    """Write the image in ``image_format`` to ``output``; returns a line for people.
+
+    docker-archive keeps its layers uncompressed (docker computes diff_ids on them),
+    so ``compression`` there applies to the whole stream.
+    """
+    if image_format not in FORMATS:
+        raise NixlayerError(f"--format {image_format}: expected one of {', '.join(FORMATS)}")
+    if image_format == "oci":
+        if output == STDOUT:
+            raise NixlayerError("-o -: --format oci writes a folder; use oci-archive to stream")
+        written = write_oci_layout(spec, Path(output), compression, cache, on_bytes, on_layer)
+        reused = sum(written.reused)
+        return f"{written.ref} to {output} ({len(written.layers)} layers, {reused} reused)"
+    with atomic_output(output) as out:
+        if image_format == "oci-archive":
+            scratch = (
+                tempfile.gettempdir()
+                if output == STDOUT
+                else os.path.dirname(os.path.abspath(output))
+            )
+            layout = write_oci_archive(spec, out, compression, Path(scratch), on_bytes, on_layer)
+            return f"{layout.ref} to {output} ({len(layout.layers)} layers)"
+        stream = cast(BinaryIO, CompressedStream(out, compression)) if compression else out
+        ref = write_docker_archive(spec, stream, on_bytes, on_layer)
+        if isinstance(stream, CompressedStream):
+            stream.finish()
+    return f"{ref} to {output} ({len(spec.all_layers)} layers)"

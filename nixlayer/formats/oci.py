@@ -6,12 +6,34 @@ image manifests, whose layers carry their own media types and compressed digests
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
 
+from nixlayer.cache import CachedLayer, LayerCache, layer_key
+from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
-from nixlayer.formats.files import ImageFiles
-from nixlayer.image import SourceImage, layer_histories
-from nixlayer.layers import BlobLayer
+from nixlayer.formats.docker_archive import MANIFEST
+from nixlayer.formats.files import ImageFiles, folder_files
+from nixlayer.image import (
+    ImageSpec,
+    SourceImage,
+    canonical_json,
+    config_json,
+    content_tag,
+    layer_histories,
+)
+from nixlayer.layers import BlobLayer, Layer
+from nixlayer.output import pending_file
+from nixlayer.store import walk_tree
+from nixlayer.tarwriter import lay_out, write_layer
+
+Progress = Callable[[int], None]
 
 INDEX = "index.json"
 LAYOUT = "oci-layout"
@@ -74,3 +96,216 @@ def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
     )
     ref_name = descriptor.get("annotations", {}).get(CONTAINERD_NAME)
     return SourceImage(files.source, config, blobs, (ref_name,) if ref_name else ())
+
+
+MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
+CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
+INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
+LAYOUT_CONTENT = b'{"imageLayoutVersion":"1.0.0"}'
+WORKERS = 2
+
+
+@dataclass(frozen=True)
+class WrittenLayout:
+    """What was written: the image's name, its blobs, and which layers were reused."""
+
+    ref: str
+    config_digest: str
+    layers: tuple[CachedLayer, ...]
+    reused: tuple[bool, ...]
+
+
+def _blob_path(folder: Path, digest: str) -> Path:
+    return folder / blob_name(digest)
+
+
+def _has_blob(folder: Path, digest: str, size: int) -> bool:
+    try:
+        return _blob_path(folder, digest).stat().st_size == size
+    except OSError:
+        return False
+
+
+def _put_blob(folder: Path, data: bytes) -> str:
+    """A small blob (config, manifest), written unless the folder has it already."""
+    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    if not _has_blob(folder, digest, len(data)):
+        with pending_file(folder / "blobs" / "sha256") as pending:
+            pending.file.write(data)
+            pending.publish(_blob_path(folder, digest))
+    return digest
+
+
+def _make_layer_blob(
+    layer: Layer, folder: Path, mtime: int, compression: Compression, on_bytes: Progress
+) -> CachedLayer:
+    """Stream the layer once: hashed uncompressed (diff_id), compressed, hashed again
+    (digest) and written under a temporary name, renamed to its digest at the end."""
+    prepared = layer.prepare(mtime)
+    compressor = compression.compressor() if compression else None
+    blob_digest = hashlib.sha256()
+    blob_size = 0
+    with pending_file(folder / "blobs" / "sha256") as pending:
+
+        def write(data: bytes | memoryview) -> None:
+            nonlocal blob_size
+            out = compressor.compress(data) if compressor else data
+            if compressor:
+                blob_digest.update(out)
+            pending.file.write(out)
+            blob_size += len(out)
+
+        diff_id = f"sha256:{prepared.stream(write, on_bytes)}"
+        if compressor:
+            write_tail = compressor.flush()
+            blob_digest.update(write_tail)
+            pending.file.write(write_tail)
+            blob_size += len(write_tail)
+        digest = f"sha256:{blob_digest.hexdigest()}" if compressor else diff_id
+        pending.publish(_blob_path(folder, digest))
+    return CachedLayer(diff_id, prepared.size, digest, blob_size, compression.media_type)
+
+
+def _layer_blob(
+    layer: Layer,
+    folder: Path,
+    mtime: int,
+    compression: Compression,
+    cache: LayerCache,
+    on_bytes: Progress,
+) -> tuple[CachedLayer, bool]:
+    """The layer's blob in the folder, and whether it was there already."""
+    identity = layer.identity(mtime)
+    key = layer_key(identity, compression) if identity is not None else None
+    cached = cache.get(key) if key else None
+    if cached and _has_blob(folder, cached.digest, cached.blob_size):
+        return cached, True
+    made = _make_layer_blob(layer, folder, mtime, compression, on_bytes)
+    if key:
+        cache.put(key, made)
+    return made, False
+
+
+def _start_layout(folder: Path) -> None:
+    """A new layout, or one that is there already; never a folder with other things."""
+    if folder.exists() and not folder.is_dir():
+        raise NixlayerError(f"-o {folder}: is a file; --format oci writes a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / LAYOUT).is_file():
+        raise NixlayerError(f"-o {folder}: a folder that is not an OCI image layout")
+    try:
+        (folder / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise NixlayerError(f"-o {folder}: cannot create it: {error.strerror}") from None
+    if not (folder / LAYOUT).is_file():
+        with pending_file(folder) as pending:
+            pending.file.write(LAYOUT_CONTENT)
+            pending.publish(folder / LAYOUT)
+
+
+def _platform(spec: ImageSpec) -> dict[str, str]:
+    platform = {"architecture": spec.settings.architecture, "os": "linux"}
+    if spec.settings.variant:
+        platform["variant"] = spec.settings.variant
+    return platform
+
+
+def _update_index(folder: Path, descriptor: dict[str, Any]) -> None:
+    """``index.json`` with our image, replacing one of the same name: written last and
+    renamed into place, so the layout is always either the old one or the new one."""
+    manifests: list[Any] = []
+    if (folder / INDEX).is_file():
+        manifests = folder_files(folder).read_json(INDEX).get("manifests") or []
+    ref = descriptor["annotations"][REF_NAME]
+    kept = [m for m in manifests if not (isinstance(m, dict) and _ref(m) == ref)]
+    index = {"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [*kept, descriptor]}
+    with pending_file(folder) as pending:
+        pending.file.write(canonical_json(index))
+        pending.publish(folder / INDEX)
+
+
+def _ref(descriptor: dict[str, Any]) -> Any:
+    annotations = descriptor.get("annotations")
+    return annotations.get(REF_NAME) if isinstance(annotations, dict) else None
+
+
+def write_oci_layout(
+    spec: ImageSpec,
+    folder: Path,
+    compression: Compression,
+    cache: LayerCache,
+    on_bytes: Progress = lambda n: None,
+    on_layer: Callable[[], None] = lambda: None,
+) -> WrittenLayout:
+    """Write the image into an OCI layout folder, reusing the blobs it already has.
+
+    Layers are independent, so they are made in parallel (hashing and compression
+    release the GIL); each is compressed on its own, so the bytes do not depend on
+    how many run at once.
+    """
+    _start_layout(folder)
+    mtime = spec.settings.mtime
+
+    def one(layer: Layer) -> tuple[CachedLayer, bool]:
+        result = _layer_blob(layer, folder, mtime, compression, cache, on_bytes)
+        on_layer()
+        return result
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        results = list(pool.map(one, spec.all_layers))
+    layers = tuple(layer for layer, _ in results)
+    config = config_json(spec, [layer.diff_id.removeprefix("sha256:") for layer in layers])
+    config_digest = _put_blob(folder, config)
+    ref = f"{spec.settings.name}:{spec.settings.tag or content_tag(config)}"
+    manifest = canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": {"mediaType": CONFIG_TYPE, "digest": config_digest, "size": len(config)},
+            "layers": [
+                {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.blob_size}
+                for layer in layers
+            ],
+        }
+    )
+    descriptor = {
+        "mediaType": MANIFEST_TYPE,
+        "digest": _put_blob(folder, manifest),
+        "size": len(manifest),
+        "annotations": {REF_NAME: ref, CONTAINERD_NAME: ref},
+        "platform": _platform(spec),
+    }
+    _update_index(folder, descriptor)
+    return WrittenLayout(ref, config_digest, layers, tuple(reused for _, reused in results))
+
+
+def docker_manifest(layout: WrittenLayout) -> bytes:
+    """The ``manifest.json`` that makes an OCI archive loadable by ``docker load``
+    too, as ``docker save`` writes it since Docker 25."""
+    entry = {
+        "Config": blob_name(layout.config_digest),
+        "RepoTags": [layout.ref],
+        "Layers": [blob_name(layer.digest) for layer in layout.layers],
+    }
+    return canonical_json([entry])
+
+
+def write_oci_archive(
+    spec: ImageSpec,
+    out: BinaryIO,
+    compression: Compression,
+    scratch: Path,
+    on_bytes: Progress = lambda n: None,
+    on_layer: Callable[[], None] = lambda: None,
+) -> WrittenLayout:
+    """The OCI layout as one tar, with a docker ``manifest.json`` beside ``index.json``.
+
+    A tar member's size comes before its bytes, and a compressed layer's size is
+    known only once it is compressed: the layout is built in ``scratch`` first.
+    """
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=".nixlayer-") as temporary:
+        folder = Path(temporary, "layout")
+        layout = write_oci_layout(spec, folder, compression, LayerCache(None), on_bytes, on_layer)
+        (folder / MANIFEST).write_bytes(docker_manifest(layout))
+        entries = [entry for entry in walk_tree(os.fsencode(folder), b"") if entry.name]
+        write_layer(lay_out(entries, spec.settings.mtime), out.write)
+    return layout

@@ -1,0 +1,104 @@
+"""The layer cache: what a layer's blob is, without reading, tarring or compressing it.
+
+Store paths never change once built, so a store layer's bytes are a pure function
+of its sorted paths and the writer's settings. The cache maps a key over all of
+those to the layer's digests and sizes; a build that writes into an OCI layout
+that already holds the blob then skips the layer entirely. An entry is only a
+hint: one that is corrupt, truncated or of another shape is ignored, and a blob
+is reused only if it is present with the recorded size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nixlayer.compression import Compression
+from nixlayer.tarwriter import TAR_FORMAT
+
+CACHE_FORMAT = 1
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class CachedLayer:
+    """What a layer turned out to be: uncompressed diff_id and size, and the blob's."""
+
+    diff_id: str
+    size: int
+    digest: str
+    blob_size: int
+    media_type: str
+
+
+def layer_key(identity: dict[str, Any], compression: Compression) -> str:
+    """A key that changes with everything a layer's bytes depend on: what the layer
+    is (``identity``: its store paths and mtime, or a base layer's diff_id), the
+    tar writer's format and the compression."""
+    material = {
+        "cache_format": CACHE_FORMAT,
+        "tar_format": TAR_FORMAT,
+        "layer": identity,
+        "compression": [compression.algorithm, compression.level],
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def default_cache_dir(environ: dict[str, str]) -> Path | None:
+    """``$XDG_CACHE_HOME/nixlayer`` or ``~/.cache/nixlayer``; None inside a Nix build,
+    where there is no writable home and nothing may be kept between builds."""
+    if "NIX_BUILD_TOP" in environ or environ.get("HOME") in (None, "/homeless-shelter"):
+        return None
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(environ["HOME"], ".cache")
+    return Path(base, "nixlayer")
+
+
+class LayerCache:
+    """Entries as small JSON files, written atomically; a missing folder means no cache."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+
+    def _file(self, key: str) -> Path | None:
+        return self.folder / "layers" / key[:2] / f"{key}.json" if self.folder else None
+
+    def get(self, key: str) -> CachedLayer | None:
+        path = self._file(key)
+        if path is None:
+            return None
+        try:
+            return _parse(json.loads(path.read_bytes()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def put(self, key: str, layer: CachedLayer) -> None:
+        """Best effort: a cache that cannot be written is no reason to fail a build."""
+        path = self._file(key)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        except OSError:
+            return
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(asdict(layer), out)
+            os.replace(temporary, path)
+        except OSError:
+            os.unlink(temporary)
+
+
+def _parse(data: Any) -> CachedLayer | None:
+    if not isinstance(data, dict) or set(data) != set(CachedLayer.__dataclass_fields__):
+        return None
+    layer = CachedLayer(**data)
+    digests_ok = all(_DIGEST.fullmatch(str(d)) for d in (layer.diff_id, layer.digest))
+    sizes_ok = all(type(s) is int and s >= 0 for s in (layer.size, layer.blob_size))
+    return layer if digests_ok and sizes_ok and isinstance(layer.media_type, str) else None
