@@ -4,6 +4,9 @@
 # skopeo and umoci read the images back as real consumers do, and Nix builds the
 # real closures of tests/test_nix.py. Nix runs single-user, as root, without a
 # sandbox, build users or substituters, so no daemon or network is needed.
+# podman loads and runs images in tests/test_podman.py, a static busybox being
+# the one real program inside; it is set up for a machine without systemd,
+# overlayfs or a network: vfs storage, runc, no network namespace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +16,22 @@ NIX_SETTINGS=(
   "build-users-group ="
   "experimental-features = nix-command"
   "substituters ="
+)
+
+CONTAINERS_CONF=/etc/containers/containers.conf
+# TABLE|KEY|VALUE, each written only where the file does not set KEY in TABLE.
+CONTAINERS_SETTINGS=(
+  'containers|default_ulimits|["nofile=1024:1024","nproc=1024:1024"]'
+  'containers|netns|"none"'
+  'engine|runtime|"runc"'
+)
+# Once /etc/containers/storage.conf exists it replaces the packaged defaults
+# wholesale, so the locations root's storage would have had are spelled out.
+STORAGE_CONF=/etc/containers/storage.conf
+STORAGE_SETTINGS=(
+  'storage|driver|"vfs"'
+  'storage|runroot|"/run/containers/storage"'
+  'storage|graphroot|"/var/lib/containers/storage"'
 )
 
 # Only root may install; anyone may rerun the script once everything is there.
@@ -36,7 +55,7 @@ missing_packages() {
 }
 
 install_packages() {
-  local wanted=(skopeo umoci nix-bin)
+  local wanted=(skopeo umoci nix-bin podman runc busybox-static)
   # A bare Debian has no `python`; the suite and .ci/run call it by that name.
   command -v python >/dev/null || wanted+=(python-is-python3 python3-pip python3-venv)
   mapfile -t missing < <(missing_packages "${wanted[@]}")
@@ -59,6 +78,43 @@ configure_nix() {
   done
 }
 
+# Set KEY = VALUE in the TOML table [TABLE] of FILE unless that table sets KEY
+# already: added after the table's last line, or in a new table at the end.
+set_toml_default() {
+  local file=$1 table=$2 key=$3 value=$4 updated
+  [[ -e $file ]] || as_root touch "$file"
+  updated=$(awk -v table="$table" -v key="$key" -v line="$key = $value" '
+    { lines[NR] = $0 }
+    /^[[:space:]]*\[[^[]/ {  # a [table] header, not an [[array]] one
+      current = $0
+      sub(/^[[:space:]]*\[[[:space:]]*/, "", current)
+      sub(/[[:space:]]*\][[:space:]]*(#.*)?$/, "", current)
+      if (current == table && !at) at = NR
+      next
+    }
+    current == table && $0 ~ ("^[[:space:]]*" key "[[:space:]]*=") { found = 1 }
+    current == table && $0 ~ /[^[:space:]]/ { at = NR }
+    END {
+      if (found) exit 1
+      for (i = 1; i <= NR; i++) { print lines[i]; if (i == at) print line }
+      if (!at) { if (NR) print ""; print "[" table "]"; print line }
+    }' "$file") || return 0
+  printf '%s\n' "$updated" | as_root tee "$file" >/dev/null
+}
+
+configure_podman() {
+  as_root mkdir -p "$(dirname "$CONTAINERS_CONF")"
+  local setting table key value
+  for setting in "${CONTAINERS_SETTINGS[@]}"; do
+    IFS='|' read -r table key value <<<"$setting"
+    set_toml_default "$CONTAINERS_CONF" "$table" "$key" "$value"
+  done
+  for setting in "${STORAGE_SETTINGS[@]}"; do
+    IFS='|' read -r table key value <<<"$setting"
+    set_toml_default "$STORAGE_CONF" "$table" "$key" "$value"
+  done
+}
+
 # Debian's own Python refuses pip installs (PEP 668) unless told otherwise; a
 # throwaway test machine is where that is fine.
 install_python_package() {
@@ -72,4 +128,5 @@ sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNAL
 
 install_packages
 configure_nix
+configure_podman
 install_python_package

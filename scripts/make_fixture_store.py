@@ -11,6 +11,10 @@ are not Nix's canonical ones.
 
 Usage: ``python scripts/make_fixture_store.py [TARGET] [--closure-out FILE]``
 (defaults ``fixtures/store`` and ``fixtures/store-closure.json``).
+
+The building blocks (``Builder``, ``fake_elf``, ``store_path``, ``closure_entries``,
+``reset_store``…) take the store paths they work on as arguments, so that other fake
+stores (``scripts/make_reference_stores.py``, the podman test) are made the same way.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import os
 import shutil
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +75,13 @@ def nix_base32(data: bytes) -> str:
     return "".join(chars)
 
 
-def store_path(name: str) -> str:
-    """A stable store path for a name: sha256 folded to 20 bytes, as Nix compresses it."""
-    digest = hashlib.sha256(b"nixlayer-fixture:" + name.encode()).digest()
+def store_path(name: str, namespace: str = "nixlayer-fixture") -> str:
+    """A stable store path for a name: sha256 folded to 20 bytes, as Nix compresses it.
+
+    Each fake store has its own ``namespace``, so that two stores' paths of one name
+    (two different zlibs) never share a hash, as they could not in a real store.
+    """
+    digest = hashlib.sha256(f"{namespace}:{name}".encode()).digest()
     folded = bytearray(20)
     for i, byte in enumerate(digest):
         folded[i % 20] ^= byte
@@ -87,11 +95,12 @@ class Builder:
     """Writes one store path's entries under the target store root.
 
     Every mode is set explicitly (directories made on the way get 0755), so the tree
-    does not depend on the umask of whoever generates it.
+    does not depend on the umask of whoever generates it.  ``paths`` maps names to
+    store paths: this fixture's by default, another fake store's when it has its own.
     """
 
-    def __init__(self, root: Path, name: str) -> None:
-        self.top = root / PATHS[name].lstrip("/")
+    def __init__(self, root: Path, name: str, paths: Mapping[str, str] = PATHS) -> None:
+        self.top = root / paths[name].lstrip("/")
 
     def _at(self, rel: str) -> Path:
         """The disk path for ``rel``, creating missing parent directories as 0755."""
@@ -121,10 +130,19 @@ class Builder:
         os.link(existing, self._at(rel))
 
 
+def fake_elf(label: str, runpath: Collection[str]) -> bytes:
+    """Stand-in ELF bytes whose RUNPATH names store directories, as a real one would:
+    what makes Nix's reference scan find the store paths a binary needs."""
+    return (
+        b"\x7fELF\x02\x01\x01\x00"
+        + f"{label}\0RUNPATH={':'.join(runpath)}\0".encode()
+        + bytes(range(256))
+    )
+
+
 def _elf(label: str, *needs: str) -> bytes:
     """Fake library bytes naming the store paths it needs, so references can be scanned."""
-    runpath = ":".join(f"{PATHS[n]}/lib" for n in needs)
-    return b"\x7fELF\x02\x01\x01\x00" + f"{label}\0RUNPATH={runpath}\0".encode() + bytes(range(256))
+    return fake_elf(label, [f"{PATHS[n]}/lib" for n in needs])
 
 
 def build_glibc(root: Path) -> None:
@@ -207,12 +225,17 @@ def build_app(root: Path) -> None:
     b.file("share/app/README", b"plain text, no store references\n", 0o444)
 
 
-def build_store(root: Path) -> None:
-    """Create every store path under ``root`` (a store root: ``root/nix/store/…``)."""
+def make_store_dir(root: Path) -> None:
+    """``root/nix/store``, every level 0755 whatever the umask."""
     store = root / STORE_DIR.lstrip("/")
     store.mkdir(parents=True)
     for directory in (root, store.parent, store):
         directory.chmod(0o755)
+
+
+def build_store(root: Path) -> None:
+    """Create every store path under ``root`` (a store root: ``root/nix/store/…``)."""
+    make_store_dir(root)
     build_glibc(root)
     zlib_license = build_zlib(root)
     build_openssl(root, zlib_license)
@@ -269,8 +292,9 @@ def nar_hash(disk_path: bytes) -> tuple[str, int]:
     return "sha256-" + base64.b64encode(digest.digest()).decode(), size
 
 
-def _scan_references(disk_path: bytes) -> list[str]:
-    """Store paths whose hash part occurs in a file or symlink target, as Nix scans them."""
+def _scan_references(disk_path: bytes, candidates: Collection[str]) -> list[str]:
+    """The ``candidates`` whose hash part occurs in a file or symlink target, as Nix
+    scans them."""
     blobs = []
     for dirpath, dirnames, filenames in os.walk(disk_path):
         for name in dirnames + filenames:
@@ -284,18 +308,24 @@ def _scan_references(disk_path: bytes) -> list[str]:
     elif os.path.isfile(disk_path):
         blobs.append(Path(os.fsdecode(disk_path)).read_bytes())
     found = set()
-    for path in PATHS.values():
+    for path in candidates:
         hash_part = path[len(STORE_DIR) + 1 :][:32].encode()
         if any(hash_part in blob for blob in blobs):
             found.add(path)
     return sorted(found)
 
 
-def closure_entries(root: Path) -> list[dict[str, Any]]:
-    """The store's ``nix path-info --json --recursive --closure-size`` (Nix ≤ 2.18 list)."""
+def closure_entries(
+    root: Path, store_paths: Collection[str] = tuple(PATHS.values())
+) -> list[dict[str, Any]]:
+    """The store's ``nix path-info --json --recursive --closure-size`` (Nix ≤ 2.18 list).
+
+    References are looked for among ``store_paths`` only, which must be closed under
+    them: what Nix scans for are the paths the build could see.
+    """
     entries: dict[str, dict[str, Any]] = {}
     root_bytes = os.fsencode(root)
-    for path in sorted(PATHS.values()):
+    for path in sorted(store_paths):
         disk = os.path.join(root_bytes, os.fsencode(path.lstrip("/")))
         size = nar_size(walk_store_path(root_bytes, path))
         digest, dumped = nar_hash(disk)
@@ -305,18 +335,19 @@ def closure_entries(root: Path) -> list[dict[str, Any]]:
             "path": path,
             "narHash": digest,
             "narSize": size,
-            "references": _scan_references(disk),
+            "references": _scan_references(disk, store_paths),
         }
     for entry in entries.values():
         entry["closureSize"] = sum(
-            entries[p]["narSize"] for p in _closure_of(entry["path"], entries)
+            entries[p]["narSize"] for p in closure_of([entry["path"]], entries)
         )
     return list(entries.values())
 
 
-def _closure_of(path: str, entries: dict[str, dict[str, Any]]) -> set[str]:
+def closure_of(roots: Collection[str], entries: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """The store paths reachable from ``roots`` through ``entries``' references."""
     seen: set[str] = set()
-    pending = [path]
+    pending = list(roots)
     while pending:
         current = pending.pop()
         if current not in seen:
@@ -325,8 +356,8 @@ def _closure_of(path: str, entries: dict[str, dict[str, Any]]) -> set[str]:
     return seen
 
 
-def make_fixture_store(target: Path) -> list[dict[str, Any]]:
-    """Rebuild the store tree at ``target`` (removing what was there) and return its closure.
+def reset_store(target: Path) -> None:
+    """Remove ``target`` if it exists, read-only directories included.
 
     Removing first makes a rerun identical to a fresh run, whatever an earlier run or
     a test left behind (touched mtimes, changed modes).
@@ -336,6 +367,11 @@ def make_fixture_store(target: Path) -> list[dict[str, Any]]:
             for name in dirnames:
                 os.chmod(os.path.join(dirpath, name), 0o755, follow_symlinks=False)
         shutil.rmtree(target)
+
+
+def make_fixture_store(target: Path) -> list[dict[str, Any]]:
+    """Rebuild the store tree at ``target`` (removing what was there) and return its closure."""
+    reset_store(target)
     build_store(target)
     return closure_entries(target)
 

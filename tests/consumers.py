@@ -7,6 +7,7 @@ independent tools and an independent reading of the store say it should hold.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import io
@@ -20,7 +21,7 @@ import sysconfig
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
 
@@ -222,8 +223,21 @@ def compare_tree(rootfs: Path, store_root: Path, store_paths: Iterable[str]) -> 
     """
     problems = []
     top = sorted(os.listdir(rootfs))
-    if top != ["nix"] or sorted(os.listdir(rootfs / "nix")) != ["store"]:
-        problems.append(f"rootfs holds {top}, nix/ holds {os.listdir(rootfs / 'nix')}")
+    if top != ["nix"]:
+        problems.append(f"rootfs holds {top}")
+    return (problems + compare_store(rootfs, store_root, store_paths))[:MAX_REPORTED]
+
+
+def compare_store(rootfs: Path, store_root: Path, store_paths: Iterable[str]) -> list[str]:
+    """Differences between an unpacked image's ``nix/store`` and the store paths it
+    should hold, whatever else the rootfs holds (an image with a customisation layer).
+
+    ``nix`` must hold only ``store``, both 0755, and the store only the given paths,
+    each entry with the same type, mode, symlink target, content and owner.
+    """
+    problems = []
+    if sorted(os.listdir(rootfs / "nix")) != ["store"]:
+        problems.append(f"nix/ holds {sorted(os.listdir(rootfs / 'nix'))}")
     for folder in ("nix", "nix/store"):
         mode = stat.S_IMODE(os.lstat(rootfs / folder).st_mode)
         if mode != 0o755:
@@ -286,16 +300,148 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_fixture_generator() -> ModuleType:
-    """``scripts/make_fixture_store.py`` as a module; scripts/ is not a package."""
-    path = REPO / "scripts" / "make_fixture_store.py"
-    spec = importlib.util.spec_from_file_location("make_fixture_store", path)
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module; scripts/ is not a package.
+
+    Registered in ``sys.modules`` as it runs, as an import would: dataclasses look their
+    module up there, and one script importing another then shares this copy.
+    """
+    path = REPO / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_fixture_generator() -> ModuleType:
+    """``scripts/make_fixture_store.py`` as a module."""
+    return load_script("make_fixture_store")
 
 
 def write_json(path: Path, value: Any) -> Path:
     path.write_text(json.dumps(value, indent=2), encoding="utf-8")
     return path
+
+
+def skopeo_inspect_config(archive: Path, skopeo: str = "skopeo") -> dict[str, Any]:
+    """The image config as skopeo reads it from a docker-archive."""
+    argv = [skopeo, "inspect", "--config", f"docker-archive:{archive}"]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stderr}"
+    return json.loads(result.stdout)
+
+
+def stored_twice(archive: DockerArchive) -> dict[str, list[int]]:
+    """Every name that more than one layer stores as a file, symlink or hard link,
+    with the indexes of those layers (a name also stored twice in one layer counts).
+
+    Directories may repeat (``nix/``, ``nix/store/`` are in every store layer), as long
+    as they are directories everywhere: a name that is a directory in one layer and
+    something else in another is also reported.
+    """
+    layers_of: dict[str, list[int]] = {}
+    directory_in: dict[str, set[bool]] = {}
+    for index, layer in enumerate(archive.layers):
+        for member in layer_members(layer):
+            name = member.name.rstrip("/")
+            directory_in.setdefault(name, set()).add(member.isdir())
+            if not member.isdir():
+                layers_of.setdefault(name, []).append(index)
+    twice = {name: where for name, where in layers_of.items() if len(where) > 1}
+    for name, kinds in directory_in.items():
+        if len(kinds) > 1:
+            twice.setdefault(name, layers_of[name])
+    return twice
+
+
+def closure_nar_size(entries: Iterable[Mapping[str, Any]]) -> int:
+    return sum(entry["narSize"] for entry in entries)
+
+
+def store_file_bytes(store_root: Path, store_paths: Iterable[str]) -> int:
+    """The bytes of every regular file of the store paths, on disk."""
+    return sum(
+        st.st_size
+        for _, _, st in _walk_store_paths(store_root, store_paths)
+        if stat.S_ISREG(st.st_mode)
+    )
+
+
+def layer_file_bytes(archive: DockerArchive) -> int:
+    """The bytes of every regular file the layers store (a hard link stores none)."""
+    return sum(
+        member.size for layer in archive.layers for member in layer_members(layer) if member.isreg()
+    )
+
+
+@dataclass(frozen=True)
+class ReferenceImages:
+    """The reference images that ``scripts/build_reference_images.sh`` built, with
+    the stores and closures it generated beside them."""
+
+    folder: Path
+    images: dict[str, Path]  # by file stem: postgrest, simple-python-api, …
+
+    def closure(self, stem: str) -> list[dict[str, Any]]:
+        """A closure the script generated: postgrest, python-app, python-app-debug."""
+        return json.loads((self.folder / f"{stem}-closure.json").read_text(encoding="utf-8"))
+
+    def store_root(self, store: str) -> Path:
+        """A generated store tree: postgrest or python-app."""
+        return self.folder / "store" / store
+
+
+def nixlayer_environment() -> dict[str, str]:
+    """The environment in which a script's ``nixlayer`` is the one ``run_nixlayer`` runs,
+    and its ``python`` the interpreter of the tests."""
+    directories = [str(Path(sys.executable).parent)]
+    command = nixlayer_command()
+    if len(command) == 1:
+        directories.insert(0, str(Path(command[0]).parent))
+    path = os.pathsep.join([*directories, os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, "PYTHON": sys.executable}
+
+
+@functools.cache
+def build_reference_images(folder: Path) -> ReferenceImages:
+    """Run ``scripts/build_reference_images.sh`` into ``folder`` once per session,
+    whichever test module asks first; the images are only read afterwards."""
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build_reference_images.sh"), str(folder)],
+        env=nixlayer_environment(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"build_reference_images.sh failed:\n{result.stderr}"
+    images = [Path(line) for line in result.stdout.splitlines()]
+    return ReferenceImages(folder, {image.name.removesuffix(".tar"): image for image in images})
+
+
+def resolve_in(rootfs: Path, path: str, max_links: int = 40) -> Path:
+    """Where ``path`` leads inside an unpacked image, following symlinks as the
+    container sees them: absolute targets start at the image root, not the host's."""
+    pending = list(PurePosixPath(path).parts[1:])
+    inside = PurePosixPath("/")
+    links = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            inside = inside.parent
+            continue
+        candidate = inside / part
+        disk = rootfs / str(candidate).lstrip("/")
+        if not disk.is_symlink():
+            inside = candidate
+            continue
+        links += 1
+        assert links <= max_links, f"{path}: more than {max_links} symlinks in {rootfs}"
+        target = PurePosixPath(os.readlink(disk))
+        if target.is_absolute():
+            inside, pending = PurePosixPath("/"), [*target.parts[1:], *pending]
+        else:
+            pending = [*target.parts, *pending]
+    return rootfs / str(inside).lstrip("/")
