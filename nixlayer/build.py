@@ -25,6 +25,7 @@ from nixlayer.image import (
     parse_architecture,
     parse_created,
     parse_name,
+    parse_tag,
     source_date_epoch,
     timestamp,
 )
@@ -96,7 +97,7 @@ def image_settings(
     architecture, variant = _platform(identity.arch, base)
     return ImageSettings(
         name=name,
-        tag=identity.tag or tag,
+        tag=parse_tag(identity.tag) if identity.tag else tag,
         architecture=architecture,
         variant=variant,
         created=parse_created(identity.created)

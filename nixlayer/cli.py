@@ -55,6 +55,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="Turn a Nix closure into a layered, reproducible container image.",
 )
 

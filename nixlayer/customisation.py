@@ -144,8 +144,16 @@ class _Root:
 
     def _put_parents(self, name: bytes, origin: str) -> None:
         parent = posixpath.dirname(name)
-        if parent and parent not in self.entries:
+        if not parent:
+            return
+        known = self.entries.get(parent)
+        if known is None:
             self.put(Entry(parent, Kind.DIRECTORY, ROOT_DIR_MODE), origin, explicit=False)
+        elif known[0].kind is not Kind.DIRECTORY:
+            raise NixlayerError(
+                f"{_show(name)} needs {_show(parent)} to be a directory, but {known[1]} "
+                f"makes it a {known[0].kind.value} file"
+            )
 
     @staticmethod
     def _replaces(known: tuple[Entry, str, bool], entry: Entry, explicit: bool) -> bool:
@@ -210,6 +218,8 @@ def _add_files(root: _Root, add: AddFiles) -> None:
     except NixlayerError as error:
         raise NixlayerError(f"{origin}: {error}") from None
     for index, entry in enumerate(tree):
+        if not entry.name and entry.kind is not Kind.DIRECTORY:
+            raise NixlayerError(f"{origin}: only a folder can be added at the image root")
         if not entry.name:
             continue  # the image root itself, when DEST is /
         mode = add.mode if index == 0 and add.mode is not None else _root_mode(entry)

@@ -119,6 +119,12 @@ def parse_name(value: str) -> tuple[str, str | None]:
     return name, tag
 
 
+def parse_tag(value: str) -> str:
+    if not _TAG.fullmatch(value):
+        raise NixlayerError(f"--tag {value}: not a valid tag (letters, digits, _ . -)")
+    return value
+
+
 def default_name(roots: Sequence[str]) -> str:
     """The single root's ``name-version`` made into a valid image name, else ``image``."""
     if len(roots) != 1:

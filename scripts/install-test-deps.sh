@@ -102,17 +102,20 @@ set_toml_default() {
   printf '%s\n' "$updated" | as_root tee "$file" >/dev/null
 }
 
+# FILE then TABLE|KEY|VALUE settings, each set unless the file sets it already.
+set_toml_defaults() {
+  local file=$1 setting table key value
+  shift
+  for setting in "$@"; do
+    IFS='|' read -r table key value <<<"$setting"
+    set_toml_default "$file" "$table" "$key" "$value"
+  done
+}
+
 configure_podman() {
   as_root mkdir -p "$(dirname "$CONTAINERS_CONF")"
-  local setting table key value
-  for setting in "${CONTAINERS_SETTINGS[@]}"; do
-    IFS='|' read -r table key value <<<"$setting"
-    set_toml_default "$CONTAINERS_CONF" "$table" "$key" "$value"
-  done
-  for setting in "${STORAGE_SETTINGS[@]}"; do
-    IFS='|' read -r table key value <<<"$setting"
-    set_toml_default "$STORAGE_CONF" "$table" "$key" "$value"
-  done
+  set_toml_defaults "$CONTAINERS_CONF" "${CONTAINERS_SETTINGS[@]}"
+  set_toml_defaults "$STORAGE_CONF" "${STORAGE_SETTINGS[@]}"
 }
 
 # Debian's own Python refuses pip installs (PEP 668) unless told otherwise; a
