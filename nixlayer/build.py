@@ -130,11 +130,15 @@ def plan_image(
 
 
 def image_run_config(
-    base: SourceImage | None, config_file: Path | None, flags: RunFlags
+    base: SourceImage | None,
+    config_file: Path | None,
+    inline: dict[str, Any] | None,
+    flags: RunFlags,
 ) -> dict[str, Any]:
+    """The base's run config, then ``--config FILE``, then settings, then flags."""
     base_config: dict[str, Any] = {}
     if base is not None:
         base_config = base.config.get("config") or {}
         check_run_config(base_config, f"--from {base.source}")
     file_config = load_config_file(config_file) if config_file else {}
-    return run_config(base_config, file_config, flags=flags)
+    return run_config(base_config, file_config, inline or {}, flags=flags)

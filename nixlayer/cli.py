@@ -7,7 +7,8 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from types import SimpleNamespace
+from typing import Annotated, Any, NoReturn
 
 import typer
 from tqdm import tqdm
@@ -44,6 +45,7 @@ from nixlayer.output import atomic_output
 from nixlayer.plan import make_plan, plan_table
 from nixlayer.readers import INPUT_FORMATS
 from nixlayer.runconfig import RunFlags
+from nixlayer.settings import DEFAULT_KEY, load_attrs_settings
 from nixlayer.strategies import STRATEGIES
 
 try:  # typer ≥ 0.29 carries its own click; older ones use the click package
@@ -102,6 +104,7 @@ def _note(message: str, quiet: bool) -> None:
 
 @app.command("from-closure")
 def from_closure(
+    ctx: typer.Context,
     closure_file: ClosureArg,
     output: Annotated[
         str | None,
@@ -173,43 +176,73 @@ def from_closure(
     max_layers: MaxLayers = 100,
     strategy: StrategyOpt = "popularity",
     quiet: Quiet = False,
+    settings_from_attrs: Annotated[
+        bool,
+        typer.Option(
+            "--settings-from-attrs",
+            help="Take the image settings from the closure's structured-attrs file too.",
+        ),
+    ] = False,
+    settings_key: Annotated[
+        str, typer.Option(help="The attribute that holds those settings.")
+    ] = DEFAULT_KEY,
 ) -> None:
     """Build an image from a closure and the store on disk."""
-    source = ClosureInput(closure_file, input_format, attrs_key, store_dir, store_root)
-    closure = load_closure(source, lambda message: _note(message, quiet))
-    base = read_image(from_image, "--from") if from_image else None
+    o = SimpleNamespace(**ctx.params, inline_config=None)
+    o.__dict__.update(_with_attrs_settings(ctx, ctx.params))
+    source = ClosureInput(o.closure_file, o.input_format, o.attrs_key, o.store_dir, o.store_root)
+    closure = load_closure(source, lambda message: _note(message, o.quiet))
+    base = read_image(o.from_image, "--from") if o.from_image else None
     customisation = Customisation(
-        contents=tuple(contents or ()),
-        link_paths=parse_link_paths(link_paths) if link_paths else ("/",),
-        adds=tuple(map(parse_add, add or ())),
-        directories=tuple(map(parse_mkdir, mkdir or ())),
-        symlinks=tuple(map(parse_symlink, symlink or ())),
+        contents=tuple(o.contents or ()),
+        link_paths=parse_link_paths(o.link_paths) if o.link_paths else ("/",),
+        adds=tuple(map(parse_add, o.add or ())),
+        directories=tuple(map(parse_mkdir, o.mkdir or ())),
+        symlinks=tuple(map(parse_symlink, o.symlink or ())),
     )
-    flags = RunFlags(cmd, entrypoint, env or (), expose or (), workdir, volume or (), user,
-                     label or (), stop_signal)  # fmt: skip
-    run = image_run_config(base, config, flags)
+    flags = RunFlags(o.cmd, o.entrypoint, o.env or (), o.expose or (), o.workdir,
+                     o.volume or (), o.user, o.label or (), o.stop_signal)  # fmt: skip
+    run = image_run_config(base, o.config, o.inline_config, flags)
     plan, layers = plan_image(
-        closure, store_root, customisation, base, strategy, max_layers, root or ()
+        closure, o.store_root, customisation, base, o.strategy, o.max_layers, o.root or ()
     )
-    identity = Identity(name, tag, arch, created, mtime)
-    settings = image_settings(identity, plan.roots, base, os.environ)
-    spec = ImageSpec(settings, run, layers, base)
-    compression = parse_compression(compress or DEFAULT_COMPRESSION[image_format], compress_level)
-    cache = LayerCache(None if no_cache else cache_dir or default_cache_dir(dict(os.environ)))
+    identity = Identity(o.name, o.tag, o.arch, o.created, o.mtime)
+    spec = ImageSpec(image_settings(identity, plan.roots, base, os.environ), run, layers, base)
+    compression = parse_compression(
+        o.compress or DEFAULT_COMPRESSION.get(o.image_format, "none"), o.compress_level
+    )
+    cache = LayerCache(None if o.no_cache else o.cache_dir or default_cache_dir(dict(os.environ)))
     total = sum(layer.nar_size for layer in plan.layers) + sum(
         layer.blob_size for layer in (base.layers if base else ())
     )
-    with _progress(total, quiet) as bar:
+    with _progress(total, o.quiet) as bar:
         summary = write_image(
             spec,
-            image_format,
-            output or default_output(image_format),
+            o.image_format,
+            o.output or default_output(o.image_format),
             compression,
             cache,
             bar.update,
             lambda: _count_layer(bar),
         )
-    _note(f"wrote {summary}", quiet)
+    _note(f"wrote {summary}", o.quiet)
+
+
+def _with_attrs_settings(ctx: typer.Context, options: dict[str, Any]) -> dict[str, Any]:
+    """With --settings-from-attrs, the file's settings for options not given here."""
+    if not options["settings_from_attrs"]:
+        return {}
+    settings = load_attrs_settings(options["closure_file"], options["settings_key"])
+    return {
+        name: value
+        for name, value in settings.items()
+        if name == "inline_config" or _source(ctx, name) != "COMMANDLINE"
+    }
+
+
+def _source(ctx: typer.Context, name: str) -> str | None:
+    source = ctx.get_parameter_source(name)
+    return source.name if source is not None else None
 
 
 def _progress(total: int, quiet: bool) -> tqdm:

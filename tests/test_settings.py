@@ -1,0 +1,78 @@
+"""Image settings read from a structured-attrs file (--settings-from-attrs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from consumers import FixtureStore, read_docker_archive, run_nixlayer, run_ok
+
+from nixlayer.errors import NixlayerError
+from nixlayer.settings import load_attrs_settings
+
+
+def _attrs_file(store: FixtureStore, tmp_path: Path, settings: object) -> Path:
+    attrs = {"closure": store.entries, "name": "drv-name", "nixlayer": settings}
+    path = tmp_path / ".attrs.json"
+    path.write_text(json.dumps(attrs))
+    return path
+
+
+def test_settings_become_options(fixture_store: FixtureStore, tmp_path: Path) -> None:
+    settings = {
+        "name": "from-attrs",
+        "tag": "v1",
+        "max-layers": 3,
+        "config": {"Cmd": ["/bin/app"], "Env": ["A=1"]},
+        "env": ["B=2"],
+        "mkdir": ["/tmp:1777"],
+        "format": "docker-archive",
+        "created": None,
+    }
+    attrs = _attrs_file(fixture_store, tmp_path, settings)
+    out = tmp_path / "image.tar"
+    run_ok(
+        "from-closure", attrs, "--attrs-key", "closure", "--settings-from-attrs",
+        "--store-root", fixture_store.root, "-o", out, "--tag", "cli-wins",
+    )  # fmt: skip
+    archive = read_docker_archive(out.read_bytes())
+    assert archive.manifest[0]["RepoTags"] == ["from-attrs:cli-wins"]
+    assert archive.config["config"] == {"Cmd": ["/bin/app"], "Env": ["A=1", "B=2"]}
+    assert len(archive.config["rootfs"]["diff_ids"]) == 3  # 2 store layers + customisation
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ("not an object", "not an object of settings"),
+        ({"max-layers": "many"}, "'max-layers' must be integer"),
+        ({"env": "A=1"}, "'env' must be a list of strings"),
+        ({"colour": "red"}, "unknown setting 'colour'"),
+        ({"config": {"Cmd": "sh"}}, "Cmd must be a list of strings"),
+    ],
+)
+def test_bad_settings(
+    settings: object, message: str, fixture_store: FixtureStore, tmp_path: Path
+) -> None:
+    attrs = _attrs_file(fixture_store, tmp_path, settings)
+    with pytest.raises(NixlayerError, match=message):
+        load_attrs_settings(attrs)
+    result = run_nixlayer(
+        "from-closure", attrs, "--attrs-key", "closure", "--settings-from-attrs",
+        "--store-root", fixture_store.root, "-o", tmp_path / "x.tar",
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stderr.count(b"\n") == 1
+    assert not (tmp_path / "x.tar").exists()
+
+
+def test_commands_may_be_lists_and_options_keep_their_names(
+    fixture_store: FixtureStore, tmp_path: Path
+) -> None:
+    settings = {"cmd": ["uvicorn", "main:app"], "entrypoint": "/bin/sh", "from": "base.tar"}
+    loaded = load_attrs_settings(_attrs_file(fixture_store, tmp_path, settings))
+    assert loaded == {
+        "cmd": '["uvicorn", "main:app"]',
+        "entrypoint": "/bin/sh",
+        "from_image": "base.tar",
+    }
