@@ -115,12 +115,14 @@ def plan_image(
     strategy: str,
     max_layers: int,
     roots: Sequence[str] = (),
+    previous: Plan | None = None,
+    groups: Sequence[Sequence[str]] = (),
 ) -> tuple[Plan, tuple[Layer, ...]]:
     """The plan of the store layers, and all of nixlayer's layers bottom first."""
     root_bytes = os.fsencode(store_root)
     entries = customisation_entries(customisation, closure, root_bytes)
     budget = layer_budget(max_layers, base, bool(entries))
-    plan = make_plan(closure, strategy, budget, roots)
+    plan = make_plan(closure, strategy, budget, roots, previous, groups)
     layers: list[Layer] = [
         StoreLayer(layer.paths, root_bytes, closure.store_dir) for layer in plan.layers
     ]

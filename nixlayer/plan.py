@@ -6,9 +6,12 @@ image's layering, and it is made without reading any store contents.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import networkx as nx
 
 from nixlayer.closure import Closure
 from nixlayer.errors import NixlayerError
@@ -20,20 +23,42 @@ PLAN_VERSION = 1
 
 @dataclass(frozen=True)
 class PlanLayer:
-    """One layer: its store paths (sorted) and the sum of their NAR sizes."""
+    """One layer: its store paths (sorted) and their NAR sizes, in the same order."""
 
     paths: tuple[str, ...]
-    nar_size: int
+    sizes: tuple[int, ...]
+
+    @property
+    def nar_size(self) -> int:
+        return sum(self.sizes)
+
+    @classmethod
+    def of(cls, paths: Sequence[str], closure: Closure) -> PlanLayer:
+        ordered = tuple(sorted(paths))
+        return cls(ordered, tuple(closure.paths[p].nar_size or 0 for p in ordered))
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Layers bottom first: the most stable, most shared paths sit lowest."""
+    """Layers bottom first: the most stable, most shared paths sit lowest.
+
+    ``notes`` say what a person should know about how the plan was made (old layers
+    merged to stay within budget, groups that matched nothing).
+    """
 
     store_dir: str
     strategy: str
     roots: tuple[str, ...]
     layers: tuple[PlanLayer, ...]
+    notes: tuple[str, ...] = ()
+
+    def layer_sets(self) -> list[frozenset[str]]:
+        return [frozenset(layer.paths) for layer in self.layers]
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            p: s for layer in self.layers for p, s in zip(layer.paths, layer.sizes, strict=True)
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,15 +67,53 @@ class Plan:
             "strategy": self.strategy,
             "roots": list(self.roots),
             "layers": [
-                {"paths": list(layer.paths), "nar_size": layer.nar_size} for layer in self.layers
+                {"paths": list(layer.paths), "nar_size": layer.nar_size, "sizes": list(layer.sizes)}
+                for layer in self.layers
             ],
         }
 
+    @classmethod
+    def from_json(cls, data: Any, source: str) -> Plan:
+        """A plan written by ``to_json``, checked so that a wrong file fails clearly."""
+        if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
+            raise NixlayerError(f"{source}: not a nixlayer plan (version {PLAN_VERSION})")
+        try:
+            layers = tuple(_layer_from_json(layer) for layer in data["layers"])
+            plan = cls(str(data["store_dir"]), str(data["strategy"]),
+                       tuple(map(str, data.get("roots", ()))), layers)  # fmt: skip
+        except (KeyError, TypeError, ValueError) as error:
+            raise NixlayerError(f"{source}: a malformed plan ({error})") from None
+        paths = [p for layer in layers for p in layer.paths]
+        if len(paths) != len(set(paths)):
+            raise NixlayerError(f"{source}: a path appears in two layers of the plan")
+        return plan
 
-def make_plan(closure: Closure, strategy: str, max_layers: int, roots: Sequence[str] = ()) -> Plan:
+
+def _layer_from_json(layer: dict[str, Any]) -> PlanLayer:
+    paths = tuple(layer["paths"])
+    sizes = tuple(layer.get("sizes") or [0] * len(paths))
+    if len(sizes) != len(paths) or not all(isinstance(p, str) for p in paths):
+        raise ValueError("paths and sizes do not match")
+    if not all(type(s) is int and s >= 0 for s in sizes):
+        raise ValueError("sizes must be whole numbers")
+    return PlanLayer(paths, sizes)
+
+
+def make_plan(
+    closure: Closure,
+    strategy: str,
+    max_layers: int,
+    roots: Sequence[str] = (),
+    previous: Plan | None = None,
+    groups: Sequence[Sequence[str]] = (),
+) -> Plan:
     """Run a strategy over the closure's graph and check what it returns.
 
-    The closure must carry NAR sizes (see ``store.with_disk_nar_sizes``).
+    With a ``previous`` plan, every old layer whose paths are all still in the
+    closure is kept as it was (same paths, so the same bytes and digest), at the
+    bottom in its old order, and only the other paths are laid out on top, within
+    what is left of the budget. ``groups`` are name globs whose paths must share
+    a layer. The closure must carry NAR sizes (see ``store.with_disk_nar_sizes``).
     """
     if strategy not in STRATEGIES:
         known = ", ".join(sorted(STRATEGIES))
@@ -59,20 +122,74 @@ def make_plan(closure: Closure, strategy: str, max_layers: int, roots: Sequence[
         raise NixlayerError(f"--max-layers {max_layers}: must be at least 1")
     graph = build_graph(closure)
     roots = find_roots(graph, roots, closure.source)
-    groups = STRATEGIES[strategy](graph, roots, max_layers)
-    _check_partition(groups, closure, max_layers)
-    layers = tuple(
-        PlanLayer(
-            paths=tuple(sorted(group)),
-            nar_size=sum(closure.paths[p].nar_size or 0 for p in group),
-        )
-        for group in groups
+    notes: list[str] = []
+    kept = _kept_layers(previous, closure) if previous else []
+    explicit = _explicit_groups(groups, closure, {p for layer in kept for p in layer}, notes)
+    remaining = set(graph) - {p for group in (*kept, *explicit) for p in group}
+    kept = _make_room(kept, remaining, max_layers - len(explicit), notes)
+    budget = max_layers - len(kept) - len(explicit)
+    if remaining and budget < 1:
+        raise NixlayerError(f"--max-layers {max_layers}: fewer layers than --group gives groups")
+    laid_out = _lay_out(graph.subgraph(remaining), roots, strategy, budget) if remaining else []
+    ordered = [*kept, *explicit, *laid_out]
+    _check_partition(ordered, closure, max_layers)
+    layers = tuple(PlanLayer.of(group, closure) for group in ordered)
+    return Plan(closure.store_dir, strategy, tuple(roots), layers, tuple(notes))
+
+
+def _lay_out(
+    subgraph: nx.DiGraph, roots: Sequence[str], strategy: str, budget: int
+) -> list[list[str]]:
+    """The strategy on the paths left to lay out; their roots are the given roots
+    among them, and any path whose users all sit in kept layers."""
+    sub_roots = sorted(
+        {r for r in roots if r in subgraph} | {n for n, d in subgraph.in_degree() if d == 0}
     )
-    return Plan(closure.store_dir, strategy, tuple(roots), layers)
+    return STRATEGIES[strategy](subgraph, sub_roots, budget)
+
+
+def _kept_layers(previous: Plan, closure: Closure) -> list[list[str]]:
+    return [
+        list(layer.paths) for layer in previous.layers if set(layer.paths) <= closure.paths.keys()
+    ]
+
+
+def _make_room(
+    kept: list[list[str]], remaining: set[str], budget: int, notes: list[str]
+) -> list[list[str]]:
+    """When kept layers leave no room for the new paths, the least valuable of them (the
+    smallest: cheapest to push again) go back to be laid out with the new paths."""
+    if not remaining or len(kept) < budget:
+        return kept
+    released = sorted(kept, key=len)[: len(kept) - budget + 1]
+    for layer in released:
+        remaining.update(layer)
+    notes.append(f"{len(released)} layers of the previous plan were merged to stay within budget")
+    return [layer for layer in kept if layer not in released]
+
+
+def _explicit_groups(
+    groups: Sequence[Sequence[str]], closure: Closure, taken: set[str], notes: list[str]
+) -> list[list[str]]:
+    """Paths whose ``name-version`` matches a group's globs, one layer per group; a path
+    is in the first group that matches it, and a group that matches nothing is left out."""
+    result = []
+    for globs in groups:
+        members = [
+            p
+            for p, store_path in sorted(closure.paths.items())
+            if p not in taken and any(fnmatch.fnmatchcase(store_path.name, g) for g in globs)
+        ]
+        if members:
+            result.append(members)
+            taken.update(members)
+        else:
+            notes.append(f"--group {list(globs)} matches no path")
+    return result
 
 
 def _check_partition(groups: list[list[str]], closure: Closure, budget: int) -> None:
-    """A strategy's invariant: every path in exactly one non-empty group, within budget."""
+    """A plan's invariant: every path in exactly one non-empty group, within budget."""
     assigned = [path for group in groups for path in group]
     assert all(groups), "a strategy returned an empty layer"
     assert len(groups) <= budget, "a strategy exceeded the layer budget"
@@ -99,4 +216,5 @@ def plan_table(plan: Plan) -> str:
         rows.append(f"{index:>5}  {human_size(layer.nar_size):>10}  {len(layer.paths):>5}  {first}")
     total = sum(layer.nar_size for layer in plan.layers)
     rows.append(f"{len(plan.layers)} layers, {human_size(total)} of store paths ({plan.strategy})")
+    rows.extend(f"note: {note}" for note in plan.notes)
     return "\n".join(rows)

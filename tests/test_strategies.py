@@ -6,7 +6,7 @@ import networkx as nx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nixlayer.strategies import path_counts, popularity, popularity_scores
+from nixlayer.strategies.popularity import path_counts, popularity, popularity_scores
 
 
 def _path(name: str, hash_char: str = "a") -> str:
