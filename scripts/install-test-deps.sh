@@ -7,6 +7,10 @@
 # podman loads and runs images in tests/test_podman.py, a static busybox being
 # the one real program inside; it is set up for a machine without systemd,
 # overlayfs or a network: vfs storage, runc, no network namespace.
+# docker-registry is the registry tests/test_registry.py pushes to and pulls from,
+# and containerd's `ctr` imports the archives in tests/test_containerd.py. The
+# tests start both themselves, on 127.0.0.1 with state in temporary folders; their
+# packaged services are neither enabled nor started here (nor needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +21,10 @@ NIX_SETTINGS=(
   "experimental-features = nix-command"
   "substituters ="
 )
+
+# Packages whose service (named as the package) the tests start on their own.
+SERVICE_PACKAGES=(docker-registry containerd)
+POLICY_RC=/usr/sbin/policy-rc.d
 
 CONTAINERS_CONF=/etc/containers/containers.conf
 # TABLE|KEY|VALUE, each written only where the file does not set KEY in TABLE.
@@ -54,15 +62,47 @@ missing_packages() {
   done
 }
 
+# While packages install, a policy-rc.d that refuses every start keeps their
+# maintainer scripts from starting a service: docker-registry ships an init script,
+# which would start it even without systemd. A policy already there is the
+# machine's own and is left alone.
+without_service_starts() {
+  if [[ -e $POLICY_RC ]]; then
+    "$@"
+    return
+  fi
+  trap 'as_root rm -f "$POLICY_RC"' EXIT
+  printf '#!/bin/sh\nexit 101\n' | as_root tee "$POLICY_RC" >/dev/null
+  as_root chmod 755 "$POLICY_RC"
+  "$@"
+  as_root rm -f "$POLICY_RC"
+  trap - EXIT
+}
+
+# Their maintainer scripts also enable the services for the next boot; a package
+# installed here has its service disabled again (one installed before is untouched).
+disable_services() {
+  local package
+  for package in "$@"; do
+    [[ " ${SERVICE_PACKAGES[*]} " == *" $package "* ]] || continue
+    if command -v systemctl >/dev/null; then
+      as_root systemctl disable --quiet "$package.service" # its SysV links too
+    elif [[ -x /etc/init.d/$package ]]; then
+      as_root update-rc.d "$package" disable >/dev/null
+    fi
+  done
+}
+
 install_packages() {
-  local wanted=(skopeo umoci nix-bin podman runc busybox-static)
+  local wanted=(skopeo umoci nix-bin podman runc busybox-static "${SERVICE_PACKAGES[@]}")
   # A bare Debian has no `python`; the suite and .ci/run call it by that name.
   command -v python >/dev/null || wanted+=(python-is-python3 python3-pip python3-venv)
   mapfile -t missing < <(missing_packages "${wanted[@]}")
   if ((${#missing[@]})); then
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      "${missing[@]}"
+    without_service_starts as_root env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y --no-install-recommends "${missing[@]}"
+    disable_services "${missing[@]}"
   fi
 }
 

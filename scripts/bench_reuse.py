@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""What each layering strategy makes the next build push, on synthetic upgrades.
+
+For each closure size and upgrade scenario (see synthetic.py), the old and the new
+closure are planned with every strategy, without and with ``--previous`` (the new
+plan made from the old one), and the push cost is measured as ``nixlayer diff``
+does: floor (new paths), pushed (layers not reused), excess and chain bytes.
+
+    python scripts/bench_reuse.py                # 500 and 5,000 paths
+    python scripts/bench_reuse.py --paths 50000  # one size
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from synthetic import SCENARIOS, generate, path_info, upgrade
+
+from nixlayer.closure import Closure, RawEntry, make_closure
+from nixlayer.measure import PushCost, push_cost
+from nixlayer.plan import make_plan
+from nixlayer.strategies import STRATEGIES
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Row:
+    scenario: str
+    strategy: str
+    previous: bool
+    cost: PushCost
+    layers: int
+
+    def line(self) -> str:
+        c = self.cost
+        sizes = (c.floor, c.pushed, c.excess, c.chain)
+        return (
+            f"{self.scenario:<16} {self.strategy:<11} {'yes' if self.previous else 'no':<4} "
+            + " ".join(f"{size / MIB:>9.1f}" for size in sizes)
+            + f" {c.ratio or 1.0:>7.2f} {self.layers:>6}"
+        )
+
+
+HEADER = (
+    f"{'scenario':<16} {'strategy':<11} {'prev':<4} {'floor':>9} {'pushed':>9} "
+    f"{'excess':>9} {'chain':>9} {'ratio':>7} {'layers':>6}"
+)
+
+
+def closure_of(entries: list[dict[str, object]], name: str) -> Closure:
+    raw = [
+        RawEntry(str(e["path"]), tuple(e["references"]), int(e["narSize"]))  # type: ignore[arg-type]
+        for e in entries
+    ]
+    return make_closure(raw, "/nix/store", name)
+
+
+def bench(paths: int, max_layers: int) -> tuple[list[Row], dict[str, float]]:
+    """Every scenario, strategy, with and without --previous; and planning times."""
+    model = generate(paths)
+    old_closure = closure_of(path_info(model), "old")
+    new_closures = {s: closure_of(path_info(upgrade(model, s)), s) for s in SCENARIOS}
+    rows, seconds = [], {}
+    for strategy in STRATEGIES:
+        started = time.perf_counter()
+        old_plan = make_plan(old_closure, strategy, max_layers)
+        seconds[strategy] = time.perf_counter() - started
+        for scenario, new_closure in new_closures.items():
+            for previous in (False, True):
+                before = old_plan if previous else None
+                plan = make_plan(new_closure, strategy, max_layers, previous=before)
+                cost = push_cost(old_plan.layer_sets(), plan.layer_sets(), plan.sizes())
+                rows.append(Row(scenario, strategy, previous, cost, len(plan.layers)))
+    return rows, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--paths", type=int, action="append")
+    parser.add_argument("--max-layers", type=int, default=100)
+    args = parser.parse_args()
+    for paths in args.paths or [500, 5000]:
+        rows, seconds = bench(paths, args.max_layers)
+        print(f"\n{paths} paths, --max-layers {args.max_layers} (MiB; ratio = pushed / floor)")
+        print(HEADER)
+        print("-" * len(HEADER))
+        for row in sorted(rows, key=lambda r: (SCENARIOS.index(r.scenario), r.previous)):
+            print(row.line())
+        for strategy, took in seconds.items():
+            print(f"planning {paths} paths with {strategy}: {took:.2f} s")
+
+
+if __name__ == "__main__":
+    main()
