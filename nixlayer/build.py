@@ -7,15 +7,18 @@ budget, and settle the image's identity and run config.
 
 from __future__ import annotations
 
+import json
 import os
+import tarfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from nixlayer.closure import Closure
+from nixlayer.closure import DEFAULT_STORE_DIR, Closure
 from nixlayer.customisation import Customisation, customisation_entries, describe
 from nixlayer.errors import NixlayerError
+from nixlayer.formats import read_image
 from nixlayer.image import (
     DEFAULT_MTIME,
     ImageSettings,
@@ -29,8 +32,9 @@ from nixlayer.image import (
     source_date_epoch,
     timestamp,
 )
+from nixlayer.inspect import layer_store_paths
 from nixlayer.layers import EntriesLayer, Layer, StoreLayer
-from nixlayer.plan import Plan, make_plan
+from nixlayer.plan import Plan, PlanLayer, make_plan
 from nixlayer.readers import read_closure
 from nixlayer.runconfig import RunFlags, check_run_config, load_config_file, run_config
 from nixlayer.store import with_disk_nar_sizes
@@ -144,3 +148,62 @@ def image_run_config(
         check_run_config(base_config, f"--from {base.source}")
     file_config = load_config_file(config_file) if config_file else {}
     return run_config(base_config, file_config, inline or {}, flags=flags)
+
+
+def load_groups(path: Path | None) -> list[list[str]]:
+    """``--group FILE``: a JSON list of lists of name globs."""
+    if path is None:
+        return []
+    try:
+        groups = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise NixlayerError(f"--group {path}: cannot read it as JSON: {error}") from None
+    if not isinstance(groups, list) or not all(
+        isinstance(g, list) and g and all(isinstance(glob, str) for glob in g) for g in groups
+    ):
+        raise NixlayerError(
+            f'--group {path}: expected a list of lists of globs, like [["python3-*"]]'
+        )
+    return groups
+
+
+def plan_from_image(image: SourceImage) -> Plan:
+    """The layering an image nixlayer wrote, read back from its history comments.
+
+    Images do not record each path's NAR size; a layer's size is shared out evenly
+    among its paths, which keeps every layer's total right.
+    """
+    layers = []
+    for layer in image.layers:
+        paths = tuple(sorted(layer_store_paths(layer.history)))
+        if paths:
+            share, extra = divmod(layer.blob_size, len(paths))
+            layers.append(PlanLayer(paths, tuple(share + (i < extra) for i in range(len(paths)))))
+    if not layers:
+        raise NixlayerError(
+            f"{image.source}: no layer lists its store paths (not built by nixlayer)"
+        )
+    note = "sizes are the image's layer sizes shared out among their paths"
+    return Plan(DEFAULT_STORE_DIR, "image", (), tuple(layers), (note,))
+
+
+def load_layering(
+    value: str, flag: str, closure_input: ClosureInput, strategy: str, max_layers: int
+) -> Plan:
+    """A plan JSON, an image nixlayer wrote, or a closure planned here and now."""
+    path = Path(value)
+    data = _json_or_none(path) if path.is_file() else None
+    if isinstance(data, dict) and "layers" in data and "version" in data:
+        return Plan.from_json(data, value)
+    is_tar = path.is_file() and tarfile.is_tarfile(path)
+    if path.is_dir() or is_tar or (not path.exists() and ":" in value):
+        return plan_from_image(read_image(value, flag))
+    closure = load_closure(replace(closure_input, file=path), lambda message: None)
+    return make_plan(closure, strategy, max_layers)
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None

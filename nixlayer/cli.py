@@ -19,10 +19,12 @@ from nixlayer.build import (
     image_run_config,
     image_settings,
     load_closure,
+    load_groups,
+    load_layering,
     plan_image,
 )
 from nixlayer.cache import LayerCache, default_cache_dir
-from nixlayer.closure import DEFAULT_STORE_DIR
+from nixlayer.closure import DEFAULT_STORE_DIR, Closure
 from nixlayer.compression import parse_compression
 from nixlayer.customisation import (
     Customisation,
@@ -32,6 +34,7 @@ from nixlayer.customisation import (
     parse_symlink,
 )
 from nixlayer.errors import NixlayerError
+from nixlayer.fleet import plan_fleet
 from nixlayer.formats import (
     DEFAULT_COMPRESSION,
     FORMATS,
@@ -41,12 +44,13 @@ from nixlayer.formats import (
 )
 from nixlayer.image import MAX_TIMESTAMP, ImageSpec
 from nixlayer.inspect import describe_image, format_description
+from nixlayer.measure import format_cost, push_cost
 from nixlayer.output import atomic_output
-from nixlayer.plan import make_plan, plan_table
+from nixlayer.plan import Plan, human_size, make_plan, plan_table
 from nixlayer.readers import INPUT_FORMATS
 from nixlayer.runconfig import RunFlags
 from nixlayer.settings import DEFAULT_KEY, load_attrs_settings
-from nixlayer.strategies import STRATEGIES
+from nixlayer.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 try:  # typer ≥ 0.29 carries its own click; older ones use the click package
     from typer.exceptions import TyperException as UsageProblem
@@ -90,6 +94,21 @@ Roots = Annotated[
 ]
 MaxLayers = Annotated[int, typer.Option(help="The most layers the image may have.")]
 StrategyOpt = Annotated[str, typer.Option(help=f"The layering strategy: {', '.join(STRATEGIES)}.")]
+Previous = Annotated[
+    str | None,
+    typer.Option(
+        help="The last build's plan JSON or image: its layers are kept where they can be.",
+        show_default=False,
+    ),
+]
+Groups = Annotated[
+    Path | None,
+    typer.Option(
+        "--group",
+        help='A JSON file of name globs that must share a layer, like [["python3-*"]].',
+        show_default=False,
+    ),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")]
 
 
@@ -174,7 +193,9 @@ def from_closure(
     store_root: StoreRoot = Path("/"),
     root: Roots = None,
     max_layers: MaxLayers = 100,
-    strategy: StrategyOpt = "popularity",
+    strategy: StrategyOpt = DEFAULT_STRATEGY,
+    previous: Previous = None,
+    group: Groups = None,
     quiet: Quiet = False,
     settings_from_attrs: Annotated[
         bool,
@@ -203,9 +224,13 @@ def from_closure(
     flags = RunFlags(o.cmd, o.entrypoint, o.env or (), o.expose or (), o.workdir,
                      o.volume or (), o.user, o.label or (), o.stop_signal)  # fmt: skip
     run = image_run_config(base, o.config, o.inline_config, flags)
+    before = _previous(o.previous, source, o.strategy, o.max_layers)
     plan, layers = plan_image(
-        closure, o.store_root, customisation, base, o.strategy, o.max_layers, o.root or ()
-    )
+        closure, o.store_root, customisation, base, o.strategy, o.max_layers, o.root or (),
+        before, load_groups(o.group),
+    )  # fmt: skip
+    for note in plan.notes:
+        _note(note, o.quiet)
     identity = Identity(o.name, o.tag, o.arch, o.created, o.mtime)
     spec = ImageSpec(image_settings(identity, plan.roots, base, os.environ), run, layers, base)
     compression = parse_compression(
@@ -264,15 +289,27 @@ def _count_layer(bar: tqdm) -> None:
 
 @app.command("plan")
 def plan_command(
-    closure_file: ClosureArg,
-    output: Annotated[str, _opt("The plan JSON file; - for stdout.", "--output", "-o")] = "-",
+    closure_files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="The closure (with --fleet: several); - for stdin.", show_default=False
+        ),
+    ],
+    output: Annotated[
+        str, _opt("The plan JSON file (- for stdout); with --fleet, a folder.", "--output", "-o")
+    ] = "-",
+    fleet: Annotated[
+        bool, typer.Option("--fleet", help="Plan several images so that they share layers.")
+    ] = False,
     input_format: InputFormat = None,
     attrs_key: AttrsKey = None,
     store_dir: StoreDir = None,
     store_root: StoreRoot = Path("/"),
     root: Roots = None,
     max_layers: MaxLayers = 100,
-    strategy: StrategyOpt = "popularity",
+    strategy: StrategyOpt = DEFAULT_STRATEGY,
+    previous: Previous = None,
+    group: Groups = None,
     quiet: Quiet = False,
 ) -> None:
     """Assign store paths to layers and write the plan as JSON.
@@ -280,13 +317,77 @@ def plan_command(
     Reads no store contents, unless the closure lacks NAR sizes. --max-layers is the
     budget of store layers alone here.
     """
-    source = ClosureInput(closure_file, input_format, attrs_key, store_dir, store_root)
-    closure = load_closure(source, lambda message: _note(message, quiet))
-    plan = make_plan(closure, strategy, max_layers, root or ())
+    sources = [
+        ClosureInput(f, input_format, attrs_key, store_dir, store_root) for f in closure_files
+    ]
+    closures = [load_closure(source, lambda message: _note(message, quiet)) for source in sources]
+    if fleet:
+        _plan_fleet(closures, closure_files, Path(output), strategy, max_layers, quiet)
+        return
+    if len(closures) != 1:
+        raise NixlayerError("plan: give one closure, or several with --fleet")
+    before = _previous(previous, sources[0], strategy, max_layers)
+    plan = make_plan(closures[0], strategy, max_layers, root or (), before, load_groups(group))
     with atomic_output(output) as out:
         out.write(json.dumps(plan.to_json(), indent=2).encode() + b"\n")
     if not quiet:
         print(plan_table(plan), file=sys.stderr)
+
+
+def _plan_fleet(
+    closures: list[Closure], files: list[Path], folder: Path, strategy: str, max_layers: int,
+    quiet: bool,
+) -> None:  # fmt: skip
+    fleet = plan_fleet(closures, strategy, max_layers)
+    if not folder.is_dir():
+        raise NixlayerError(f"-o {folder}: --fleet writes one plan per closure into a folder")
+    stems = [file.stem for file in files]
+    if len(set(stems)) < len(stems):  # a.json and b/a.json: name them after their folders too
+        stems = ["-".join(file.with_suffix("").parts[-2:]) for file in files]
+    for file, stem, plan in zip(files, stems, fleet.plans, strict=True):
+        with atomic_output(str(folder / f"{stem}.plan.json")) as out:
+            out.write(json.dumps(plan.to_json(), indent=2).encode() + b"\n")
+        _note(f"{file}: {len(plan.layers)} layers", quiet)
+    share = 100 * fleet.shared_bytes / fleet.ceiling if fleet.ceiling else 100.0
+    _note(
+        f"shared layers hold {human_size(fleet.shared_bytes)} of the "
+        f"{human_size(fleet.ceiling)} of paths in more than one image ({share:.1f} %)",
+        quiet,
+    )
+
+
+def _previous(
+    value: str | None, source: ClosureInput, strategy: str, max_layers: int
+) -> Plan | None:
+    if value is None:
+        return None
+    return load_layering(value, "--previous", source, strategy, max_layers)
+
+
+@app.command("diff")
+def diff_command(
+    old: Annotated[str, typer.Argument(help="The last build: a plan JSON, closure or image.")],
+    new: Annotated[str, typer.Argument(help="The new build: a plan JSON, closure or image.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    fail_over: Annotated[
+        int | None,
+        typer.Option(help="Exit 1 when more than this many bytes would be pushed.", min=0),
+    ] = None,
+    store_root: StoreRoot = Path("/"),
+    max_layers: MaxLayers = 100,
+    strategy: StrategyOpt = DEFAULT_STRATEGY,
+) -> None:
+    """What changes between two builds' layers, and what pushing the new one costs.
+
+    Closures are planned here with --strategy and --max-layers.
+    """
+    source = ClosureInput(Path(old), store_root=store_root)
+    before = load_layering(old, "OLD", source, strategy, max_layers)
+    after = load_layering(new, "NEW", source, strategy, max_layers)
+    cost = push_cost(before.layer_sets(), after.layer_sets(), after.sizes())
+    print(json.dumps(cost.to_json(), indent=2) if as_json else format_cost(cost))
+    if fail_over is not None and cost.pushed > fail_over:
+        _fail(f"--fail-over {fail_over}: the push would be {cost.pushed} bytes", 1)
 
 
 @app.command("inspect")

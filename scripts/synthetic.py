@@ -162,15 +162,16 @@ def _reachable(model: Model, root: str) -> set[str]:
 
 
 def store_paths(model: Model) -> dict[str, str]:
-    """Each package's store path: its hash covers its name, revision and references'
-    hashes, so a change propagates to every path that depends on it."""
+    """Each package's store path: its hash covers its name, revision, contents (here its
+    size) and references' hashes, so a change propagates to every path that depends on it."""
     order = graphlib.TopologicalSorter(
         {name: package.references for name, package in model.packages.items()}
     ).static_order()  # references first
     paths: dict[str, str] = {}
     for name in order:
         package = model.packages[name]
-        material = [name, package.revision, sorted(paths[ref] for ref in package.references)]
+        refs = sorted(paths[ref] for ref in package.references)
+        material = [name, package.revision, package.size, refs]
         digest = hashlib.sha256(json.dumps(material).encode()).digest()
         paths[name] = f"{STORE}/{''.join(NIX32[b % 32] for b in digest)}-{name}"
     return paths
