@@ -176,7 +176,7 @@ def test_plan_covers_every_path_once(
     fixture_store: FixtureStore, default_archive: DockerArchive, tmp_path: Path
 ) -> None:
     plan = make_plan(fixture_store)
-    assert (plan["version"], plan["store_dir"], plan["strategy"]) == (1, "/nix/store", "popularity")
+    assert (plan["version"], plan["store_dir"], plan["strategy"]) == (1, "/nix/store", "cochange")
     listed = [path for layer in plan["layers"] for path in layer["paths"]]
     assert sorted(listed) == sorted(fixture_store.paths)
     sizes = {entry["path"]: entry["narSize"] for entry in fixture_store.entries}
