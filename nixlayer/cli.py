@@ -227,7 +227,7 @@ def from_closure(
     before = _previous(o.previous, source, o.strategy, o.max_layers)
     plan, layers = plan_image(
         closure, o.store_root, customisation, base, o.strategy, o.max_layers, o.root or (),
-        before, load_groups(o.group),
+        before, load_groups(Path(o.group) if o.group else None),
     )  # fmt: skip
     for note in plan.notes:
         _note(note, o.quiet)
@@ -240,15 +240,15 @@ def from_closure(
     total = sum(layer.nar_size for layer in plan.layers) + sum(
         layer.blob_size for layer in (base.layers if base else ())
     )
-    with _progress(total, o.quiet) as bar:
+    with _Progress(total, o.quiet) as progress:
         summary = write_image(
             spec,
             o.image_format,
             o.output or default_output(o.image_format),
             compression,
             cache,
-            bar.update,
-            lambda: _count_layer(bar),
+            progress.update,
+            progress.layer_done,
         )
     _note(f"wrote {summary}", o.quiet)
 
@@ -270,21 +270,30 @@ def _source(ctx: typer.Context, name: str) -> str | None:
     return source.name if source is not None else None
 
 
-def _progress(total: int, quiet: bool) -> tqdm:
-    """Bytes and layers on stderr, only when a person is watching."""
-    bar = tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        disable=quiet or not sys.stderr.isatty(),
-    )
-    bar.layers_done = 0
-    return bar
+class _Progress:
+    """Bytes and layers on stderr, only when a person is watching. tqdm is not even
+    created otherwise: it makes a lock in /dev/shm, where a Nix build must not write."""
 
+    def __init__(self, total: int, quiet: bool) -> None:
+        shown = not quiet and sys.stderr.isatty()
+        self.bar = tqdm(total=total, unit="B", unit_scale=True) if shown else None
+        self.layers = 0
 
-def _count_layer(bar: tqdm) -> None:
-    bar.layers_done += 1
-    bar.set_postfix_str(f"{bar.layers_done} layers")
+    def update(self, count: int) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def layer_done(self) -> None:
+        self.layers += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.layers} layers")
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @app.command("plan")

@@ -60,14 +60,20 @@ def pending_file(folder: str | Path, flag: str = "-o") -> Iterator[PendingFile]:
         pending.discard()
 
 
+def in_nix_build() -> bool:
+    """Inside a Nix builder, which may write only ``$out`` and ``$TMPDIR``, and whose
+    outputs Nix itself discards when the build fails."""
+    return "NIX_BUILD_TOP" in os.environ
+
+
 @contextmanager
 def atomic_output(destination: str, flag: str = "-o") -> Iterator[BinaryIO]:
     """A buffered file that appears at ``destination`` only once it is complete;
-    ``-`` streams to stdout instead."""
-    if destination == STDOUT:
-        out = sys.stdout.buffer
-        yield out
-        out.flush()
+    ``-`` streams to stdout instead. Inside a Nix build the file is written in place:
+    a temporary name beside ``$out`` would be a write into the store."""
+    if destination == STDOUT or in_nix_build():
+        with _plain_output(destination) as out:
+            yield out
         return
     folder = os.path.dirname(os.path.abspath(destination))
     if not os.path.isdir(folder):
@@ -77,3 +83,13 @@ def atomic_output(destination: str, flag: str = "-o") -> Iterator[BinaryIO]:
     with pending_file(folder, flag) as pending:
         yield pending.file
         pending.publish(destination)
+
+
+@contextmanager
+def _plain_output(destination: str) -> Iterator[BinaryIO]:
+    if destination == STDOUT:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with open(destination, "wb", buffering=_BUFFER) as out:
+        yield out

@@ -35,6 +35,8 @@ _KINDS = {
             "format",
             "compress",
             "store-dir",
+            "previous",
+            "group",
         ),
         "string",
     ),

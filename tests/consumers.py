@@ -1,5 +1,6 @@
 """Helpers shared by the end-to-end tests: run nixlayer, and read its output the way
-real consumers do (skopeo, umoci) or byte by byte (tarfile).
+real consumers do (skopeo, umoci, podman, a registry, containerd) or byte by byte
+(tarfile).
 
 The checks deliberately avoid nixlayer's own modules: an image is judged by what
 independent tools and an independent reading of the store say it should hold.
@@ -7,19 +8,25 @@ independent tools and an independent reading of the store say it should hold.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gzip
 import hashlib
 import importlib.util
 import io
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
 import sysconfig
 import tarfile
-from collections.abc import Iterable, Mapping, Sequence
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import ModuleType
@@ -445,3 +452,443 @@ def resolve_in(rootfs: Path, path: str, max_links: int = 40) -> Path:
         else:
             pending = [*target.parts, *pending]
     return rootfs / str(inside).lstrip("/")
+
+
+def tool_stdout(argv: Sequence[str | os.PathLike[str]], timeout: int = 300) -> str:
+    """An external tool's stdout; a failure quoting what it said when it does not exit 0."""
+    words = list(map(str, argv))
+    result = subprocess.run(words, capture_output=True, text=True, check=False, timeout=timeout)
+    assert result.returncode == 0, (
+        f"{' '.join(words)} exited {result.returncode}:\n{result.stderr}{result.stdout}"
+    )
+    return result.stdout
+
+
+def copy_fixture_store(store: FixtureStore, folder: Path) -> FixtureStore:
+    """A copy of the store tree in ``folder`` that a test may change (add a store path,
+    delete one) without touching the session's fixture store."""
+    shutil.copytree(store.root, folder, symlinks=True)
+    return FixtureStore(folder, store.closure_file, store.entries)
+
+
+def app_update(store: FixtureStore, folder: Path) -> Path:
+    """A closure where only the app changed: a new app store path, same references.
+
+    The new path is written into ``store`` (use a copy); the closure goes to
+    ``folder``. Every other store path, and so every other layer, stays the same: what
+    a rebuild may reuse and a registry need not receive again.
+    """
+    old_app = store.path("app-1.0")
+    new_app = old_app.replace("app-1.0", "app-1.1")
+    shutil.copytree(store.disk(old_app), store.disk(new_app), symlinks=True)
+    (store.disk(new_app) / "CHANGED").write_text("new build")
+    entries = []
+    for entry in store.entries:
+        entry = dict(entry)
+        if entry["path"] == old_app:
+            entry["path"] = new_app
+            entry["references"] = [new_app if r == old_app else r for r in entry["references"]]
+            entry.pop("narSize")
+        entries.append(entry)
+    closure = folder / "closure-1.1.json"
+    closure.write_text(json.dumps(entries))
+    return closure
+
+
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+
+
+@dataclass(frozen=True)
+class OciImage:
+    """One image of an OCI layout or oci-archive, as its index, manifest and config
+    blobs say: the digests a copy, a registry or a runtime must keep."""
+
+    descriptor: dict[str, Any]  # the index.json entry
+    manifest: dict[str, Any]
+    config_bytes: bytes
+
+    @property
+    def digest(self) -> str:
+        return self.descriptor["digest"]
+
+    @property
+    def config_digest(self) -> str:
+        return self.manifest["config"]["digest"]
+
+    @property
+    def layer_digests(self) -> list[str]:
+        return [layer["digest"] for layer in self.manifest["layers"]]
+
+    @property
+    def blobs(self) -> set[str]:
+        """Every blob a registry stores for it: manifest, config and layers."""
+        return {self.digest, self.config_digest, *self.layer_digests}
+
+
+def _oci_image(read: Callable[[str], bytes], ref: str) -> OciImage:
+    """The image ``index.json`` names ``ref`` (by its ref.name annotation)."""
+    index = json.loads(read("index.json"))
+    found = [m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) == ref]
+    assert len(found) == 1, f"index.json names {ref!r} {len(found)} times: {index}"
+    manifest = json.loads(read(f"blobs/sha256/{found[0]['digest'].removeprefix('sha256:')}"))
+    config = read(f"blobs/sha256/{manifest['config']['digest'].removeprefix('sha256:')}")
+    return OciImage(found[0], manifest, config)
+
+
+def read_oci_layout(folder: Path, ref: str) -> OciImage:
+    return _oci_image(lambda name: (folder / name).read_bytes(), ref)
+
+
+def read_oci_archive(archive: Path, ref: str) -> OciImage:
+    with tarfile.open(archive, mode="r:") as tar:
+
+        def read(name: str) -> bytes:
+            extracted = tar.extractfile(name)
+            assert extracted is not None, f"{name} is not a regular file in {archive}"
+            return extracted.read()
+
+        return _oci_image(read, ref)
+
+
+def decompress(data: bytes) -> bytes:
+    """A gzip or zstd stream decompressed, anything else as it is."""
+    if data.startswith(b"\x1f\x8b"):
+        return gzip.decompress(data)
+    if data.startswith(b"\x28\xb5\x2f\xfd"):
+        import zstandard
+
+        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
+            return reader.read()
+    return data
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """An image nixlayer wrote in one format and compression, under ``name``."""
+
+    image_format: str
+    compress: str
+    name: str  # NAME:TAG
+    path: Path
+    options: tuple[str, ...]  # the from-closure options it was built with, but -o
+
+    def reference(self, transport: str | None = None, named: bool = True) -> str:
+        """How skopeo and podman address it: ``TRANSPORT:PATH[:NAME:TAG]``; an
+        oci-archive may also be read as a docker-archive (its ``manifest.json``)."""
+        transport = transport or self.image_format
+        return f"{transport}:{self.path}" + (f":{self.name}" if named else "")
+
+    def oci(self) -> OciImage:
+        """The OCI image it holds, from index.json (OCI formats only)."""
+        if self.image_format == "oci":
+            return read_oci_layout(self.path, self.name)
+        return read_oci_archive(self.path, self.name)
+
+    def config_bytes(self) -> bytes:
+        """The config blob it holds, read from its own files."""
+        if self.image_format == "docker-archive":
+            return self.docker_archive().config_bytes
+        return self.oci().config_bytes
+
+    def layer_digests(self) -> list[str]:
+        """The layer blobs' digests, as its manifest lists them."""
+        if self.image_format == "docker-archive":
+            return [f"sha256:{sha256_hex(layer)}" for layer in self.docker_archive().layers]
+        return self.oci().layer_digests
+
+    def docker_archive(self) -> DockerArchive:
+        """A docker-archive's content, decompressed when the whole stream was."""
+        assert self.image_format == "docker-archive", self
+        return read_docker_archive(decompress(self.path.read_bytes()))
+
+    def docker_manifest(self) -> list[dict[str, Any]]:
+        """The docker ``manifest.json`` of a docker-archive, or the one an oci-archive
+        carries beside ``index.json`` for ``docker load``."""
+        if self.image_format == "docker-archive":
+            return self.docker_archive().manifest
+        with tarfile.open(self.path, mode="r:") as tar:
+            extracted = tar.extractfile("manifest.json")
+            assert extracted is not None, f"{self.path} has no manifest.json file"
+            return json.loads(extracted.read())
+
+
+class ImageBuilds:
+    """nixlayer's images of the fixture store in every format, compression and name
+    the consumer tests ask for, each built once per session on first use."""
+
+    def __init__(self, store: FixtureStore, folder: Path) -> None:
+        self._store = store
+        self._folder = folder
+        self._built: dict[tuple[str, str, str], BuiltImage] = {}
+
+    def get(self, image_format: str, compress: str, name: str) -> BuiltImage:
+        key = (image_format, compress, name)
+        if key not in self._built:
+            self._built[key] = self._build(*key)
+        return self._built[key]
+
+    def _build(self, image_format: str, compress: str, name: str) -> BuiltImage:
+        options = (
+            "from-closure", str(self._store.closure_file), "--store-root", str(self._store.root),
+            "--format", image_format, "--compress", compress, "--name", name, "--no-cache", "-q",
+        )  # fmt: skip
+        stem = f"{image_format}-{compress}-{len(self._built)}"
+        path = self._folder / (stem if image_format == "oci" else f"{stem}.tar")
+        run_ok(*options, "-o", path)
+        return BuiltImage(image_format, compress, name, path, options)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago; a daemon that
+    loses the race exits, and its fixture starts it again on another port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    """The status of a GET of ``url``, None when nothing answers; never via a proxy."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+class DaemonFailed(Exception):
+    """A daemon exited or never became ready; the message ends with its log."""
+
+
+def _log_tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait_ready(
+    process: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path, timeout: float
+) -> None:
+    """Until ``ready()`` holds while the daemon still runs: a daemon that lost its port
+    to another program exits, even if that program answers in its place."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise DaemonFailed(f"{process.args[0]} exited {process.returncode}:\n{_log_tail(log)}")
+        if ready() and process.poll() is None:
+            return
+        if time.monotonic() > deadline:
+            raise DaemonFailed(f"{process.args[0]} not ready after {timeout}s:\n{_log_tail(log)}")
+        time.sleep(0.05)
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM to this one PID, SIGKILL if it lingers; never a name or a group."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(grace)
+
+
+@contextlib.contextmanager
+def running_daemon(
+    argv: Sequence[str | os.PathLike[str]],
+    log: Path,
+    ready: Callable[[], bool],
+    timeout: float = 30.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a daemon for the length of the ``with``, its output in ``log``.
+
+    It is stopped by its PID on the way out whatever happened, a failing test or a
+    daemon that never became ready (``DaemonFailed``) included. Its own session keeps
+    a Ctrl-C meant for pytest from reaching it before the cleanup does.
+    """
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            list(map(str, argv)), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_ready(process, ready, log, timeout)
+        yield process
+    finally:
+        stop_process(process)
+
+
+def mounts_under(folder: Path) -> list[Path]:
+    """Mount points at or below ``folder``, deepest first (the order to unmount them)."""
+    prefix = os.path.realpath(folder)
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        for line in mountinfo:
+            # the mount point is the fifth field, with spaces and the like octal-escaped
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point == prefix or point.startswith(prefix + os.sep):
+                found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_daemon_state(folder: Path) -> None:
+    """Unmount what a daemon left mounted under ``folder``, then remove the folder.
+
+    The folder is kept when something stays mounted: removing it then would delete
+    whatever the mount shows.
+    """
+    for point in mounts_under(folder):
+        subprocess.run(["umount", "--lazy", str(point)], check=False, timeout=60)
+    left = mounts_under(folder)
+    assert not left, f"still mounted, so {folder} is kept: {left}"
+    shutil.rmtree(folder)
+
+
+def _has_registry(name: str) -> bool:
+    """Whether a reference starts with a registry host: a first component with a dot
+    or a port, or ``localhost`` (the rule of docker's and containers' parsers)."""
+    first, slash, _ = name.partition("/")
+    return bool(slash) and ("." in first or ":" in first or first == "localhost")
+
+
+def docker_reference(name: str) -> str:
+    """``name`` as docker and containerd's docker importer spell it in full:
+    ``app:v1`` is ``docker.io/library/app:v1``, ``team/app:v1`` is
+    ``docker.io/team/app:v1``, a name with a registry stays as it is."""
+    if _has_registry(name):
+        return name
+    return f"docker.io/{name}" if "/" in name else f"docker.io/library/{name}"
+
+
+def podman_reference(name: str) -> str:
+    """``name`` as podman stores an image loaded from a file: a name without a
+    registry gets ``localhost/``, which podman uses for images of no registry."""
+    return name if _has_registry(name) else f"localhost/{name}"
+
+
+# Nix: a small closure built by a real Nix, and nix-build of the repository's Nix files.
+
+# Plain derivations with /bin/sh as builder (no nixpkgs needed).  Outputs mention
+# each other so that Nix records references: app → left, right, config;
+# left → base; right → base (a diamond); base → base (a self-reference).  The
+# last command of every builder is `exit 0`: Nix 2.8 may kill a builder whose last
+# command is an external program.
+CLOSURE_NIX = r"""
+let
+  mk = name: script: derivation {
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "export PATH=/usr/bin:/bin; set -e\n${script}\nexit 0" ];
+  };
+  base = mk "nixlayer-test-base-1.0" ''
+    mkdir -p $out/lib $out/bin
+    echo "base library; loads plugins from $out/lib" > $out/lib/libbase.so
+    ln -s libbase.so $out/lib/libbase.so.1
+    printf '#!/bin/sh\necho base\n' > $out/bin/base
+    chmod 755 $out/bin/base
+  '';
+  left = mk "nixlayer-test-left-1.0" ''
+    mkdir -p $out/lib
+    echo "left; needs ${base}/lib/libbase.so" > $out/lib/libleft.so
+  '';
+  right = mk "nixlayer-test-right-1.0" ''
+    mkdir -p $out/lib
+    echo "right" > $out/lib/libright.so
+    ln -s ${base}/lib/libbase.so $out/lib/libbase.so
+  '';
+  config = mk "nixlayer-test-config.json" ''
+    echo '{"greeting": "hello"}' > $out
+  '';
+  app = mk "nixlayer-test-app-1.0" ''
+    mkdir -p $out/bin $out/share/doc
+    echo '#!/bin/sh' > $out/bin/app
+    echo "exec ${left}/lib/libleft.so ${right}/lib/libright.so ${config}" >> $out/bin/app
+    chmod 555 $out/bin/app
+    ln -s ${right} $out/share/right
+    mkdir $out/share/empty
+    echo "café" > $out/share/doc/README-é
+  '';
+  graph = derivation {
+    name = "nixlayer-test-references-graph";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    exportReferencesGraph = [ "closure" app ];
+    args = [ "-c" "export PATH=/usr/bin:/bin; cp closure $out; exit 0" ];
+  };
+  # Nix 2.8 writes .attrs.json/.attrs.sh in the build directory; newer Nix names
+  # them in $NIX_ATTRS_JSON_FILE/$NIX_ATTRS_SH_FILE.  $out is only in .attrs.sh.
+  attrs = derivation {
+    name = "nixlayer-test-structured-attrs";
+    system = builtins.currentSystem;
+    builder = "/bin/bash";
+    __structuredAttrs = true;
+    exportReferencesGraph.closure = [ app ];
+    args = [ "-c" ''
+      export PATH=/usr/bin:/bin
+      source "''${NIX_ATTRS_SH_FILE:-.attrs.sh}"
+      cp "''${NIX_ATTRS_JSON_FILE:-.attrs.json}" "''${outputs[out]}"
+      exit 0
+    '' ];
+  };
+in { inherit app graph attrs; }
+"""
+
+
+@dataclass(frozen=True)
+class NixClosure:
+    """The built app and the three descriptions of its closure, as files; ``expression``
+    is the Nix file of CLOSURE_NIX, for other expressions to import."""
+
+    app: str
+    paths: list[str]
+    path_info: Path
+    attrs: Path
+    references_graph: Path
+    expression: Path
+
+
+def nix_missing() -> str | None:
+    """Why the Nix tests cannot run here, or None when they can."""
+    missing = [name for name in ("nix-build", "nix-instantiate", "nix") if not shutil.which(name)]
+    if not missing:
+        return None
+    return f"{', '.join(missing)} not on PATH: run scripts/install-test-deps.sh"
+
+
+def run_nix(*argv: str | os.PathLike[str], timeout: int = 300) -> str:
+    """A Nix command's stdout; fails the test with what Nix said when it does not exit 0."""
+    argv = tuple(map(str, argv))
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stderr}"
+    return result.stdout
+
+
+def nix_build(
+    expression: Path, attributes: Sequence[str], out_link: Path, *options: str
+) -> list[Path]:
+    """``nix-build`` some attributes of a Nix file: their output paths, in order.
+
+    The out-links (``out_link``, ``out_link-2``…) keep the outputs from garbage
+    collection while the tests read them.
+    """
+    selected = [argument for attribute in attributes for argument in ("-A", attribute)]
+    built = run_nix("nix-build", expression, *selected, "-o", out_link, *options)
+    return [Path(line) for line in built.split()]
+
+
+def build_closure(workdir: Path) -> NixClosure:
+    """Build (or find in the store: the derivations are fixed) the test closure."""
+    expression = workdir / "closure.nix"
+    expression.write_text(CLOSURE_NIX, encoding="utf-8")
+    app, graph, attrs = nix_build(expression, ["app", "graph", "attrs"], workdir / "result")
+    path_info = workdir / "path-info.json"
+    path_info.write_text(
+        run_nix("nix", "path-info", "--json", "--recursive", "--closure-size", app),
+        encoding="utf-8",
+    )
+    paths = sorted(entry["path"] for entry in json.loads(path_info.read_text(encoding="utf-8")))
+    return NixClosure(str(app), paths, path_info, attrs, graph, expression)

@@ -15,120 +15,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from consumers import (
     FIXTURES,
     FixtureStore,
+    NixClosure,
     Tools,
+    build_closure,
     compare_tree,
+    run_nix,
     run_ok,
     sha256_hex,
     unpack_image,
 )
-
-# Plain derivations with /bin/sh as builder (no nixpkgs needed).  Outputs mention
-# each other so that Nix records references: app → left, right, config;
-# left → base; right → base (a diamond); base → base (a self-reference).  The
-# last command of every builder is `exit 0`: Nix 2.8 may kill a builder whose last
-# command is an external program.
-CLOSURE_NIX = r"""
-let
-  mk = name: script: derivation {
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    args = [ "-c" "export PATH=/usr/bin:/bin; set -e\n${script}\nexit 0" ];
-  };
-  base = mk "nixlayer-test-base-1.0" ''
-    mkdir -p $out/lib $out/bin
-    echo "base library; loads plugins from $out/lib" > $out/lib/libbase.so
-    ln -s libbase.so $out/lib/libbase.so.1
-    printf '#!/bin/sh\necho base\n' > $out/bin/base
-    chmod 755 $out/bin/base
-  '';
-  left = mk "nixlayer-test-left-1.0" ''
-    mkdir -p $out/lib
-    echo "left; needs ${base}/lib/libbase.so" > $out/lib/libleft.so
-  '';
-  right = mk "nixlayer-test-right-1.0" ''
-    mkdir -p $out/lib
-    echo "right" > $out/lib/libright.so
-    ln -s ${base}/lib/libbase.so $out/lib/libbase.so
-  '';
-  config = mk "nixlayer-test-config.json" ''
-    echo '{"greeting": "hello"}' > $out
-  '';
-  app = mk "nixlayer-test-app-1.0" ''
-    mkdir -p $out/bin $out/share/doc
-    echo '#!/bin/sh' > $out/bin/app
-    echo "exec ${left}/lib/libleft.so ${right}/lib/libright.so ${config}" >> $out/bin/app
-    chmod 555 $out/bin/app
-    ln -s ${right} $out/share/right
-    mkdir $out/share/empty
-    echo "café" > $out/share/doc/README-é
-  '';
-  graph = derivation {
-    name = "nixlayer-test-references-graph";
-    system = builtins.currentSystem;
-    builder = "/bin/sh";
-    exportReferencesGraph = [ "closure" app ];
-    args = [ "-c" "export PATH=/usr/bin:/bin; cp closure $out; exit 0" ];
-  };
-  # Nix 2.8 writes .attrs.json/.attrs.sh in the build directory; newer Nix names
-  # them in $NIX_ATTRS_JSON_FILE/$NIX_ATTRS_SH_FILE.  $out is only in .attrs.sh.
-  attrs = derivation {
-    name = "nixlayer-test-structured-attrs";
-    system = builtins.currentSystem;
-    builder = "/bin/bash";
-    __structuredAttrs = true;
-    exportReferencesGraph.closure = [ app ];
-    args = [ "-c" ''
-      export PATH=/usr/bin:/bin
-      source "''${NIX_ATTRS_SH_FILE:-.attrs.sh}"
-      cp "''${NIX_ATTRS_JSON_FILE:-.attrs.json}" "''${outputs[out]}"
-      exit 0
-    '' ];
-  };
-in { inherit app graph attrs; }
-"""
-
-
-@dataclass(frozen=True)
-class NixClosure:
-    """The built app and the three descriptions of its closure, as files."""
-
-    app: str
-    paths: list[str]
-    path_info: Path
-    attrs: Path
-    references_graph: Path
-
-
-def _nix(*argv: str) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
-    assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stderr}"
-    return result.stdout
-
-
-def build_closure(workdir: Path) -> NixClosure:
-    """Build (or find in the store: the derivations are fixed) the test closure."""
-    expression = workdir / "closure.nix"
-    expression.write_text(CLOSURE_NIX, encoding="utf-8")
-    # The out-links keep the outputs from garbage collection while the tests run.
-    out_link = str(workdir / "result")
-    built = _nix(
-        "nix-build", str(expression), "-o", out_link, "-A", "app", "-A", "graph", "-A", "attrs"
-    )
-    app, graph, attrs = built.split()
-    path_info = workdir / "path-info.json"
-    path_info.write_text(
-        _nix("nix", "path-info", "--json", "--recursive", "--closure-size", app), encoding="utf-8"
-    )
-    paths = sorted(entry["path"] for entry in json.loads(path_info.read_text(encoding="utf-8")))
-    return NixClosure(app, paths, path_info, Path(attrs), Path(graph))
 
 
 @pytest.fixture(scope="module")
@@ -234,12 +135,12 @@ def capture(dest: Path) -> None:
         shutil.copyfile(closure.path_info, dest / "path-info.json")
     shutil.copyfile(closure.attrs, dest / "attrs.json")
     shutil.copyfile(closure.references_graph, dest / "references-graph.txt")
-    version = _nix("nix", "--version").strip()
-    system = _nix("nix", "eval", "--raw", "--impure", "--expr", "builtins.currentSystem")
+    version = run_nix("nix", "--version").strip()
+    system = run_nix("nix", "eval", "--raw", "--impure", "--expr", "builtins.currentSystem")
     (dest / "README").write_text(
         f"Made with {version} on {system} by `python tests/test_nix.py {dest}`: path-info.json "
-        "is `nix path-info --json --recursive --closure-size` of the app in that file's "
-        "CLOSURE_NIX; attrs.json and references-graph.txt are the outputs of its "
+        "is `nix path-info --json --recursive --closure-size` of the app in the CLOSURE_NIX "
+        "of tests/consumers.py; attrs.json and references-graph.txt are the outputs of its "
         "__structuredAttrs and exportReferencesGraph derivations.\n",
         encoding="utf-8",
     )

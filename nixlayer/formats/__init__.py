@@ -21,7 +21,7 @@ from nixlayer.formats.oci import (
     write_oci_layout,
 )
 from nixlayer.image import ImageSpec, SourceImage
-from nixlayer.output import STDOUT, atomic_output
+from nixlayer.output import STDOUT, atomic_output, in_nix_build
 
 FORMATS = ("docker-archive", "oci", "oci-archive")
 DEFAULT_COMPRESSION = {"docker-archive": "none", "oci": "gzip", "oci-archive": "gzip"}
@@ -82,11 +82,8 @@ def write_image(
         return f"{written.ref} to {output} ({len(written.layers)} layers, {reused} reused)"
     with atomic_output(output) as out:
         if image_format == "oci-archive":
-            scratch = (
-                tempfile.gettempdir()
-                if output == STDOUT
-                else os.path.dirname(os.path.abspath(output))
-            )
+            beside = output != STDOUT and not in_nix_build()
+            scratch = os.path.dirname(os.path.abspath(output)) if beside else tempfile.gettempdir()
             layout = write_oci_archive(spec, out, compression, Path(scratch), on_bytes, on_layer)
             return f"{layout.ref} to {output} ({len(layout.layers)} layers)"
         stream = cast(BinaryIO, CompressedStream(out, compression)) if compression else out
