@@ -51,6 +51,7 @@ from nixlayer.readers import INPUT_FORMATS
 from nixlayer.runconfig import RunFlags
 from nixlayer.settings import DEFAULT_KEY, load_attrs_settings
 from nixlayer.strategies import DEFAULT_STRATEGY, STRATEGIES
+from nixlayer.verify import format_report, verify_image
 
 try:  # typer ≥ 0.29 carries its own click; older ones use the click package
     from typer.exceptions import TyperException as UsageProblem
@@ -410,6 +411,18 @@ def inspect_command(
         print(json.dumps(description, indent=2))
     else:
         print(format_description(description))
+
+
+@app.command("verify")
+def verify_command(
+    image: Annotated[str, typer.Argument(help="A docker-archive, OCI layout or oci-archive.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Re-read an image and check every digest, size and diff_id; exit 1 on a problem."""
+    report = verify_image(image)
+    print(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
+    if not report.ok:
+        sys.exit(1)
 
 
 def _fail(message: str, code: int) -> NoReturn:
