@@ -119,6 +119,15 @@ def parse_name(value: str) -> tuple[str, str | None]:
     return name, tag
 
 
+def qualified_name(reference: str) -> str:
+    """A reference as docker and containerd spell it in full: ``app:v1`` is
+    ``docker.io/library/app:v1``; a name that starts with a registry stays as it is."""
+    first, slash, _ = reference.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return reference
+    return f"docker.io/{reference}" if slash else f"docker.io/library/{reference}"
+
+
 def parse_tag(value: str) -> str:
     if not _TAG.fullmatch(value):
         raise NixlayerError(f"--tag {value}: not a valid tag (letters, digits, _ . -)")

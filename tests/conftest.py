@@ -1,11 +1,12 @@
-"""Session fixtures: the generated fixture store and the external tools the tests use."""
+"""Session fixtures: the generated fixture store, the images built from it that the
+consumer tests share, and the external tools the tests use."""
 
 from __future__ import annotations
 
 import shutil
 
 import pytest
-from consumers import FixtureStore, Tools, load_fixture_generator, write_json
+from consumers import FixtureStore, ImageBuilds, Tools, load_fixture_generator, write_json
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +31,13 @@ def tools() -> Tools:
     if missing:
         pytest.skip(f"{', '.join(missing)} not on PATH: run scripts/install-test-deps.sh")
     return Tools(skopeo=str(found["skopeo"]), umoci=str(found["umoci"]))
+
+
+@pytest.fixture(scope="session")
+def image_builds(
+    fixture_store: FixtureStore, tmp_path_factory: pytest.TempPathFactory
+) -> ImageBuilds:
+    """The fixture store's images by format, compression and name, each built on first
+    use: several modules hand the same images to different consumers (skopeo, podman,
+    containerd), and building each once keeps the suite fast."""
+    return ImageBuilds(fixture_store, tmp_path_factory.mktemp("images"))

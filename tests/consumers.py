@@ -755,18 +755,17 @@ def _has_registry(name: str) -> bool:
 
 
 def docker_reference(name: str) -> str:
-    """``name`` as docker and containerd's docker importer spell it in full:
-    ``app:v1`` is ``docker.io/library/app:v1``, ``team/app:v1`` is
-    ``docker.io/team/app:v1``, a name with a registry stays as it is."""
+    """``name`` spelt in full, as docker and containerd spell it: ``app:v1`` is
+    ``docker.io/library/app:v1``, ``team/app:v1`` is ``docker.io/team/app:v1``, a
+    name with a registry stays as it is.
+
+    nixlayer writes this form wherever a consumer takes the name verbatim (a
+    ``manifest.json``'s RepoTags, an index's ``io.containerd.image.name``), so podman,
+    containerd and skopeo's docker-archive transport all show the image under it.
+    """
     if _has_registry(name):
         return name
     return f"docker.io/{name}" if "/" in name else f"docker.io/library/{name}"
-
-
-def podman_reference(name: str) -> str:
-    """``name`` as podman stores an image loaded from a file: a name without a
-    registry gets ``localhost/``, which podman uses for images of no registry."""
-    return name if _has_registry(name) else f"localhost/{name}"
 
 
 # Nix: a small closure built by a real Nix, and nix-build of the repository's Nix files.

@@ -137,7 +137,7 @@ def test_inspect_reads_back_the_plan(
 ) -> None:
     plan = json.loads(run_ok("plan", fixture_store.closure_file, "-q").stdout)
     described = json.loads(run_ok("inspect", base_image, "--json").stdout)
-    assert described["repo_tags"] == ["base:1"]
+    assert described["repo_tags"] == ["docker.io/library/base:1"]  # as written: in full
     assert described["config"]["Cmd"] == ["sh"]
     assert [layer["store_paths"] for layer in described["layers"]] == [
         layer["paths"] for layer in plan["layers"]
@@ -149,4 +149,4 @@ def test_inspect_reads_back_the_plan(
     ]
     assert all(layer["media_type"].endswith("gzip") for layer in from_oci["layers"])
     text = run_ok("inspect", base_image).stdout.decode()
-    assert "base:1" in text and "glibc-2.38-27" in text
+    assert "docker.io/library/base:1" in text and "glibc-2.38-27" in text

@@ -225,7 +225,7 @@ def test_name_and_arch(fixture_store: FixtureStore, tmp_path: Path) -> None:
         fixture_store, tmp_path / "i.tar", "--name", "example/app:1.0", "--arch", "arm64"
     )
     archive = read_docker_archive(data)
-    assert archive.manifest[0]["RepoTags"] == ["example/app:1.0"]
+    assert archive.manifest[0]["RepoTags"] == ["docker.io/example/app:1.0"]  # spelt in full
     assert archive.config["architecture"] == "arm64"
 
 

@@ -10,6 +10,7 @@ from nixlayer.image import (
     parse_architecture,
     parse_created,
     parse_name,
+    qualified_name,
     source_date_epoch,
 )
 
@@ -71,3 +72,17 @@ def test_source_date_epoch() -> None:
     assert source_date_epoch({}) is None
     with pytest.raises(NixlayerError, match="SOURCE_DATE_EPOCH"):
         source_date_epoch({"SOURCE_DATE_EPOCH": "soon"})
+
+
+@pytest.mark.parametrize(
+    ("name", "qualified"),
+    [
+        ("app:v1", "docker.io/library/app:v1"),
+        ("team/app:v1", "docker.io/team/app:v1"),
+        ("registry.example/team/app:v1", "registry.example/team/app:v1"),
+        ("localhost:5000/app:v1", "localhost:5000/app:v1"),
+        ("localhost/app:v1", "localhost/app:v1"),
+    ],
+)
+def test_names_are_qualified_as_docker_spells_them(name: str, qualified: str) -> None:
+    assert qualified_name(name) == qualified

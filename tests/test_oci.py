@@ -14,7 +14,9 @@ from consumers import (
     FixtureStore,
     Tools,
     _run_tool,
+    app_update,
     compare_tree,
+    copy_fixture_store,
     run_nixlayer,
     run_ok,
     umoci_unpack,
@@ -104,35 +106,14 @@ def test_compression_is_deterministic_and_standard() -> None:
     assert gzip.decompress(sink.getvalue()) == data
 
 
-def _app_update(store: FixtureStore, tmp_path: Path) -> Path:
-    """A closure where only the app changed: a new app store path, same references."""
-    old_app = store.path("app-1.0")
-    new_app = old_app.replace("app-1.0", "app-1.1")
-    shutil.copytree(store.disk(old_app), store.disk(new_app), symlinks=True)
-    (store.disk(new_app) / "CHANGED").write_text("new build")
-    entries = []
-    for entry in store.entries:
-        entry = dict(entry)
-        if entry["path"] == old_app:
-            entry["path"] = new_app
-            entry["references"] = [new_app if r == old_app else r for r in entry["references"]]
-            entry.pop("narSize")
-        entries.append(entry)
-    closure = tmp_path / "closure-1.1.json"
-    closure.write_text(json.dumps(entries))
-    return closure
-
-
 def test_rebuild_after_an_app_change_reads_only_the_app(
     fixture_store: FixtureStore, tools: Tools, tmp_path: Path
 ) -> None:
-    store_copy = tmp_path / "store"
-    shutil.copytree(fixture_store.root, store_copy, symlinks=True)
-    store = FixtureStore(store_copy, fixture_store.closure_file, fixture_store.entries)
+    store = copy_fixture_store(fixture_store, tmp_path / "store")
     layout, cache = tmp_path / "layout", tmp_path / "cache"
     first = _oci(store, layout, "--cache-dir", str(cache))
     assert "0 reused" in first
-    updated = _app_update(store, tmp_path)
+    updated = app_update(store, tmp_path)
     # Every unchanged store path leaves the disk: reading one would fail the build.
     for path in store.paths:
         if not path.endswith("app-1.0"):

@@ -20,6 +20,7 @@ from consumers import (
     FixtureStore,
     ReferenceImages,
     build_reference_images,
+    docker_reference,
     load_fixture_generator,
     run_ok,
     write_json,
@@ -59,10 +60,10 @@ def loaded() -> Iterator[list[str]]:
 def load(image: Path, name: str, loaded: list[str]) -> str:
     """``podman load`` the image; returns the name podman says it loaded it under.
 
-    docker prints ``Loaded image: NAME:TAG``; podman qualifies a name without a
-    registry with ``localhost/``.
+    nixlayer writes the name spelt in full (``docker.io/library/NAME:TAG`` for a name
+    without a registry), and podman shows it as written.
     """
-    loaded.append(f"localhost/{name}")
+    loaded.append(docker_reference(name))
     result = podman("load", "-i", image)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -102,8 +103,8 @@ def test_busybox_image_loads_and_runs_as_user_1000(
         *("--entrypoint", '["/bin/sh","-c"]', "--cmd", '["echo hello from nixlayer; id -u"]'),
         *("--user", "1000", "--name", TEST_IMAGE),
     )
-    assert load(image, TEST_IMAGE, loaded) == f"localhost/{TEST_IMAGE}"
-    run = podman("run", "--rm", f"localhost/{TEST_IMAGE}")
+    assert load(image, TEST_IMAGE, loaded) == docker_reference(TEST_IMAGE)
+    run = podman("run", "--rm", docker_reference(TEST_IMAGE))
     assert run.returncode == 0, run.stderr
     assert run.stdout == "hello from nixlayer\n1000\n"
 
@@ -119,13 +120,13 @@ def test_python_app_loads_under_its_name_with_its_config(
         tmp_path_factory.getbasetemp() / "reference-images"
     )
     name = "simple-python-api:latest"
-    assert load(reference.images["simple-python-api"], name, loaded) == f"localhost/{name}"
+    assert load(reference.images["simple-python-api"], name, loaded) == docker_reference(name)
     inspect = podman(
         "image",
         "inspect",
         "--format",
         "{{json .Config.Cmd}} {{json .Config.Env}} {{.Config.WorkingDir}}",
-        f"localhost/{name}",
+        docker_reference(name),
     )
     assert inspect.returncode == 0, inspect.stderr
     assert inspect.stdout.strip() == (

@@ -28,6 +28,7 @@ from consumers import (
     build_reference_images,
     closure_nar_size,
     compare_store,
+    docker_reference,
     layer_file,
     layer_file_bytes,
     layer_members,
@@ -72,7 +73,7 @@ class Reference:
 
     closure: str  # the closure file's stem
     store: str
-    repo_tag: str
+    repo_tag: str  # NAME:TAG as given to --name
     config: dict[str, Any]
     host_files: tuple[Path, ...]  # what --add copies in
 
@@ -144,7 +145,7 @@ def test_config_is_exactly_what_was_asked(
     config = skopeo_inspect_config(reference.images[stem], tools.skopeo)
     assert config["config"] == IMAGES[stem].config
     assert config["os"] == "linux"
-    assert archives[stem].manifest[0]["RepoTags"] == [IMAGES[stem].repo_tag]
+    assert archives[stem].manifest[0]["RepoTags"] == [docker_reference(IMAGES[stem].repo_tag)]
 
 
 def _mode(path: Path) -> int:

@@ -37,7 +37,7 @@ def test_settings_become_options(fixture_store: FixtureStore, tmp_path: Path) ->
         "--store-root", fixture_store.root, "-o", out, "--tag", "cli-wins",
     )  # fmt: skip
     archive = read_docker_archive(out.read_bytes())
-    assert archive.manifest[0]["RepoTags"] == ["from-attrs:cli-wins"]
+    assert archive.manifest[0]["RepoTags"] == ["docker.io/library/from-attrs:cli-wins"]
     assert archive.config["config"] == {"Cmd": ["/bin/app"], "Env": ["A=1", "B=2"]}
     assert len(archive.config["rootfs"]["diff_ids"]) == 3  # 2 store layers + customisation
 

@@ -20,6 +20,7 @@ from nixlayer.image import (
     config_json,
     content_tag,
     layer_histories,
+    qualified_name,
 )
 from nixlayer.layers import BlobLayer
 from nixlayer.tarwriter import END_OF_ARCHIVE, file_header, padding
@@ -56,7 +57,7 @@ def write_docker_archive(
     config_name = f"{hashlib.sha256(config).hexdigest()}.json"
     repo_tag = f"{spec.settings.name}:{spec.settings.tag or content_tag(config)}"
     manifest = canonical_json(
-        [{"Config": config_name, "RepoTags": [repo_tag], "Layers": layer_names}]
+        [{"Config": config_name, "RepoTags": [qualified_name(repo_tag)], "Layers": layer_names}]
     )
     for member_name, data in ((config_name, config), (MANIFEST, manifest)):
         out.write(file_header(member_name.encode(), len(data), mtime))

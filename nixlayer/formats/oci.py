@@ -27,6 +27,7 @@ from nixlayer.image import (
     config_json,
     content_tag,
     layer_histories,
+    qualified_name,
 )
 from nixlayer.layers import BlobLayer, Layer
 from nixlayer.output import pending_file
@@ -271,7 +272,7 @@ def write_oci_layout(
         "mediaType": MANIFEST_TYPE,
         "digest": _put_blob(folder, manifest),
         "size": len(manifest),
-        "annotations": {REF_NAME: ref, CONTAINERD_NAME: ref},
+        "annotations": {REF_NAME: ref, CONTAINERD_NAME: qualified_name(ref)},
         "platform": _platform(spec),
     }
     _update_index(folder, descriptor)
@@ -283,7 +284,7 @@ def docker_manifest(layout: WrittenLayout) -> bytes:
     too, as ``docker save`` writes it since Docker 25."""
     entry = {
         "Config": blob_name(layout.config_digest),
-        "RepoTags": [layout.ref],
+        "RepoTags": [qualified_name(layout.ref)],
         "Layers": [blob_name(layer.digest) for layer in layout.layers],
     }
     return canonical_json([entry])
