@@ -126,7 +126,7 @@ def make_plan(
     kept = _kept_layers(previous, closure) if previous else []
     explicit = _explicit_groups(groups, closure, {p for layer in kept for p in layer}, notes)
     remaining = set(graph) - {p for group in (*kept, *explicit) for p in group}
-    kept = _make_room(kept, remaining, max_layers - len(explicit), notes)
+    kept = _make_room(kept, remaining, max_layers - len(explicit), closure, notes)
     budget = max_layers - len(kept) - len(explicit)
     if remaining and budget < 1:
         raise NixlayerError(f"--max-layers {max_layers}: fewer layers than --group gives groups")
@@ -155,13 +155,16 @@ def _kept_layers(previous: Plan, closure: Closure) -> list[list[str]]:
 
 
 def _make_room(
-    kept: list[list[str]], remaining: set[str], budget: int, notes: list[str]
+    kept: list[list[str]], remaining: set[str], budget: int, closure: Closure, notes: list[str]
 ) -> list[list[str]]:
     """When kept layers leave no room for the new paths, the least valuable of them (the
     smallest: cheapest to push again) go back to be laid out with the new paths."""
     if not remaining or len(kept) < budget:
         return kept
-    released = sorted(kept, key=len)[: len(kept) - budget + 1]
+    def size(layer: list[str]) -> int:
+        return sum(closure.paths[p].nar_size or 0 for p in layer)
+
+    released = sorted(kept, key=size)[: len(kept) - budget + 1]
     for layer in released:
         remaining.update(layer)
     notes.append(f"{len(released)} layers of the previous plan were merged to stay within budget")

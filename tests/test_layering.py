@@ -170,3 +170,16 @@ def test_diff_on_the_command_line(synthetic: dict[str, Closure], tmp_path: Path)
     assert failed.returncode == 1 and b"--fail-over" in failed.stderr
     text = run_ok("diff", plan, files["app"]).stdout.decode()
     assert "floor" in text and "reused" in text
+
+
+def test_previous_without_room_releases_the_smallest_layers(synthetic: dict[str, Closure]) -> None:
+    old = make_plan(synthetic["old"], "cochange", 100)
+    extra = RawEntry("/nix/store/" + "z" * 32 + "-extra-1.0", (), 5_000)
+    entries = [RawEntry(p.path, p.references, p.nar_size) for p in synthetic["old"].paths.values()]
+    grown = make_closure([*entries, extra], "/nix/store", "grown.json")
+    new = make_plan(grown, "cochange", 100, previous=old)
+    assert len(new.layers) == 100
+    assert any("merged to stay within budget" in note for note in new.notes)
+    smallest = frozenset(min(old.layers, key=lambda layer: layer.nar_size).paths)
+    assert smallest not in new.layer_sets()
+    assert sum(s in new.layer_sets() for s in old.layer_sets()) == 99
