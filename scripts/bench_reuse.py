@@ -7,7 +7,7 @@ plan made from the old one), and the push cost is measured as ``nixlayer diff``
 does: floor (new paths), pushed (layers not reused), excess and chain bytes.
 
     python scripts/bench_reuse.py                # 500 and 5,000 paths
-    python scripts/bench_reuse.py --paths 50000  # one size
+    python scripts/bench_reuse.py --paths 50000 --strategy cochange --strategy popularity
 """
 
 from __future__ import annotations
@@ -62,13 +62,15 @@ def closure_of(entries: list[dict[str, object]], name: str) -> Closure:
     return make_closure(raw, "/nix/store", name)
 
 
-def bench(paths: int, max_layers: int) -> tuple[list[Row], dict[str, float]]:
+def bench(
+    paths: int, max_layers: int, strategies: list[str]
+) -> tuple[list[Row], dict[str, float]]:
     """Every scenario, strategy, with and without --previous; and planning times."""
     model = generate(paths)
     old_closure = closure_of(path_info(model), "old")
     new_closures = {s: closure_of(path_info(upgrade(model, s)), s) for s in SCENARIOS}
     rows, seconds = [], {}
-    for strategy in STRATEGIES:
+    for strategy in strategies:
         started = time.perf_counter()
         old_plan = make_plan(old_closure, strategy, max_layers)
         seconds[strategy] = time.perf_counter() - started
@@ -85,9 +87,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--paths", type=int, action="append")
     parser.add_argument("--max-layers", type=int, default=100)
+    parser.add_argument("--strategy", action="append", choices=list(STRATEGIES))
     args = parser.parse_args()
     for paths in args.paths or [500, 5000]:
-        rows, seconds = bench(paths, args.max_layers)
+        rows, seconds = bench(paths, args.max_layers, args.strategy or list(STRATEGIES))
         print(f"\n{paths} paths, --max-layers {args.max_layers} (MiB; ratio = pushed / floor)")
         print(HEADER)
         print("-" * len(HEADER))
