@@ -451,4 +451,6 @@ def main() -> None:
         sys.exit(1)
     except OSError as e:
         _fail(f"{e.filename or ''}: {e.strerror}" if e.filename else str(e), 2)
+    if code == 130:  # typer turns Ctrl-C and SIGTERM into exit code 130
+        _fail("interrupted", 130)
     sys.exit(code or 0)

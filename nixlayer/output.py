@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import os
 import sys
@@ -15,6 +17,8 @@ from nixlayer.errors import NixlayerError
 
 STDOUT = "-"
 _BUFFER = 1 << 20
+# Errors only a write can meet, and only for want of room: never a problem of the input.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @functools.cache
@@ -41,21 +45,32 @@ class PendingFile:
         self.published = True
 
     def discard(self) -> None:
-        self.file.close()
-        if not self.published:
+        """Remove the file unless published. Closing flushes the buffer, which fails
+        again on a full disk: that must neither keep the file nor hide the error
+        that stopped the write."""
+        if self.published:
+            return
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.temporary)
 
 
 @contextmanager
 def pending_file(folder: str | Path, flag: str = "-o") -> Iterator[PendingFile]:
     """A ``PendingFile`` that is removed on any error, Ctrl-C or SIGTERM (which the CLI
-    turns into an exception), or if the block ends without publishing it."""
+    turns into an exception), or if the block ends without publishing it. A full
+    disk or quota is the user's to fix, so it becomes an error naming the folder."""
     try:
         pending = PendingFile(folder)
     except OSError as e:
         raise NixlayerError(f"{flag} {folder}: cannot write there: {e.strerror}") from None
     try:
         yield pending
+    except OSError as e:
+        if e.errno not in _NO_ROOM:
+            raise
+        raise NixlayerError(f"{flag} {folder}: cannot write there: {e.strerror}") from None
     finally:
         pending.discard()
 

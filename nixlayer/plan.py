@@ -130,7 +130,8 @@ def make_plan(
     budget = max_layers - len(kept) - len(explicit)
     if remaining and budget < 1:
         raise NixlayerError(f"--max-layers {max_layers}: fewer layers than --group gives groups")
-    laid_out = _lay_out(graph.subgraph(remaining), roots, strategy, budget) if remaining else []
+    rest = graph.subgraph(remaining).copy()  # a view would make len() and lookups slow
+    laid_out = _lay_out(rest, roots, strategy, budget) if remaining else []
     ordered = [*kept, *explicit, *laid_out]
     _check_partition(ordered, closure, max_layers)
     layers = tuple(PlanLayer.of(group, closure) for group in ordered)

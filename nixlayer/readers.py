@@ -131,8 +131,20 @@ def _load_json(text: str, source: str) -> Any:
     def reject_constant(name: str) -> None:
         raise NixlayerError(f"{source}: not valid JSON: {name} is not a JSON number")
 
+    def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> _JsonObject:
+        """json keeps the last of two equal keys silently; a closure with a store path
+        listed twice under one name must not lose one of them unnoticed."""
+        fields = dict(pairs)
+        if len(fields) != len(pairs):
+            seen: set[str] = set()
+            twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+            raise NixlayerError(f"{source}: the key {_show(twice)} appears twice in one object")
+        return fields
+
     try:
-        return json.loads(text, parse_constant=reject_constant)
+        return json.loads(
+            text, parse_constant=reject_constant, object_pairs_hook=reject_duplicate_keys
+        )
     except json.JSONDecodeError as error:
         if error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string"):
             raise NixlayerError(
@@ -332,9 +344,10 @@ def _store_dir_field(fields: _JsonObject, where: str, source: str) -> str | None
     store_dir = fields.get("storeDir")
     if store_dir is None:
         return None
-    if not isinstance(store_dir, str) or not store_dir.startswith("/"):
+    if not isinstance(store_dir, str) or not _is_plain_directory(store_dir):
         raise NixlayerError(
-            f'{source}: {where} has "storeDir" {_show(store_dir)}, not an absolute directory'
+            f'{source}: {where} has "storeDir" {_show(store_dir)}, '
+            "not an absolute directory (without '.' or '..')"
         )
     return _normalise_store_dir(store_dir)
 
@@ -342,6 +355,10 @@ def _store_dir_field(fields: _JsonObject, where: str, source: str) -> str | None
 def _settle_store_dir(declared: list[tuple[str, str]], requested: str | None, source: str) -> str:
     """The file's store directory if it declares one (all declarations must agree, and
     agree with the user's), else the user's, else ``/nix/store``."""
+    if requested is not None and not _is_plain_directory(requested):
+        raise NixlayerError(
+            f"--store-dir {requested}: not an absolute directory (without '.' or '..')"
+        )
     if not declared:
         return DEFAULT_STORE_DIR if requested is None else _normalise_store_dir(requested)
     file_dir, file_where = declared[0]
@@ -357,6 +374,18 @@ def _settle_store_dir(declared: list[tuple[str, str]], requested: str | None, so
             f"but store directory {requested} was asked for"
         )
     return file_dir
+
+
+def _is_plain_directory(store_dir: str) -> bool:
+    """Absolute, below ``/``, with no ``.``, ``..`` or empty part and no NUL: every
+    name in a layer starts with the store directory, so it must not climb out."""
+    parts = store_dir.rstrip("/").split("/")[1:]
+    return (
+        store_dir.startswith("/")
+        and "\0" not in store_dir
+        and bool(parts)
+        and all(part not in ("", ".", "..") for part in parts)
+    )
 
 
 def _normalise_store_dir(store_dir: str) -> str:

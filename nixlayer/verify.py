@@ -134,6 +134,9 @@ def _verify_archive(source: str, path: Path, compression: str | None) -> VerifyR
         report = _verify_layout(source, files, "oci-archive")
     elif files.has(MANIFEST):
         report = _verify_docker(files, compression)
+    elif problems:  # a damaged archive whose damage hides its manifest
+        report = VerifyReport(source, "docker-archive", compression)
+        report.problems.append(f"neither {MANIFEST} nor {INDEX} can be read")
     else:
         raise NixlayerError(f"{source}: not a docker-archive or OCI image")
     report.problems[:0] = problems

@@ -50,7 +50,8 @@ class _Merger:
     def __init__(self, graph: nx.DiGraph, roots: Sequence[str]) -> None:
         self.graph = graph
         self.roots = set(roots)
-        rate = {p: (len(graph) if p in self.roots else 1) for p in graph}
+        everything = graph.number_of_nodes()
+        rate = {p: (everything if p in self.roots else 1) for p in graph}
         changes = reach_sums(graph, rate, upstream=False)
         self.groups = {
             p: _Group(p, [p], graph.nodes[p]["nar_size"], changes[p], [p]) for p in graph

@@ -1,0 +1,194 @@
+"""Interrupting nixlayer in the middle of writing a large image: SIGTERM and SIGINT
+unwind (exit 130, temporary files removed, the destination as it was); SIGKILL
+cannot be cleaned up after, but the destination is still either absent or the
+previous complete image, and what is left over is only nixlayer's temporary names.
+
+The store holds 3 times 128 MiB, so that a build takes long enough to be caught while
+its temporary file grows; the signal is sent once 16 MiB of it are on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from consumers import nixlayer_command, run_ok
+
+from nixlayer.verify import format_report, verify_image
+
+STORE = "/nix/store"
+FILE_SIZE = 128 << 20
+CAUGHT_AT = 16 << 20  # bytes of temporary files on disk when the signal is sent
+FORMATS = ["docker-archive", "oci", "oci-archive"]
+
+
+class BigStore:
+    """Three store paths of one 128 MiB file each, and two closures: all of them
+    (the big build that is interrupted) and one small path (the previous image)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.root = folder / "root"
+        chunk = hashlib.sha256(b"seed").digest() * (1 << 15)  # 1 MiB, not compressible away
+        self.paths = [f"{STORE}/{c * 32}-big-{c}" for c in "123"]
+        for number, path in enumerate(self.paths):
+            on_disk = self.root / path.lstrip("/")
+            on_disk.mkdir(parents=True)
+            with (on_disk / "data").open("wb") as file:
+                for _ in range(FILE_SIZE >> 20):
+                    file.write(chunk)
+                file.write(b"%d" % number)
+        small = f"{STORE}/{'4' * 32}-small"
+        (self.root / small.lstrip("/")).mkdir(parents=True)
+        (self.root / small.lstrip("/") / "file").write_bytes(b"small")
+        self.big = self._closure(folder / "big.json", self.paths)
+        self.small = self._closure(folder / "small.json", [small])
+
+    @staticmethod
+    def _closure(target: Path, paths: list[str]) -> Path:
+        entries = [{"path": p, "references": [], "narSize": FILE_SIZE} for p in paths]
+        target.write_text(json.dumps(entries), encoding="utf-8")
+        return target
+
+    def args(self, closure: Path, out: Path, image_format: str) -> list[str]:
+        return [
+            "from-closure", str(closure), "--store-root", str(self.root), "-o", str(out),
+            "--format", image_format, "--compress", "none", "--no-cache", "-q",
+        ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def big_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigStore]:
+    """Made once for the module, and removed after it: pytest keeps the temporary
+    folders of the last runs, and 384 MiB each would add up."""
+    folder = tmp_path_factory.mktemp("big-store")
+    yield BigStore(folder)
+    shutil.rmtree(folder)
+
+
+def _destination(folder: Path, image_format: str) -> Path:
+    return folder / ("image" if image_format == "oci" else "image.tar")
+
+
+def _snapshot(out: Path) -> dict[str, str]:
+    """The sha256 of every file at the destination (a file, or a layout's files)."""
+    if out.is_file():
+        return {".": hashlib.sha256(out.read_bytes()).hexdigest()}
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and not p.name.startswith(".nixlayer-")
+    }
+
+
+def _temporary_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob(".nixlayer-*"):
+        with contextlib.suppress(FileNotFoundError):  # renamed or removed meanwhile
+            total += path.stat().st_size if path.is_file() else 0
+    return total
+
+
+def _interrupted(command: list[str], folder: Path, signum: int) -> tuple[int, str, float]:
+    """Start the build, send ``signum`` once it is writing, and wait for its end:
+    the exit code, stderr, and the seconds from the signal to the exit."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _temporary_bytes(folder) < CAUGHT_AT:
+        if process.poll() is not None:
+            pytest.fail("the build ended before it could be interrupted")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("the build wrote nothing within 120 s")
+        time.sleep(0.002)
+    process.send_signal(signum)
+    sent = time.monotonic()
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr.decode(errors="replace"), time.monotonic() - sent
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".nixlayer-*"))
+
+
+def _previous_image(big_store: BigStore, out: Path, image_format: str) -> dict[str, str]:
+    """A complete small image at the destination, as a last build left it."""
+    run_ok(*big_store.args(big_store.small, out, image_format))
+    assert verify_image(str(out)).ok
+    return _snapshot(out)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("image_format", FORMATS)
+def test_sigterm_and_sigint_unwind(
+    big_store: BigStore, tmp_path: Path, image_format: str, signum: int
+) -> None:
+    out = _destination(tmp_path, image_format)
+    before = _previous_image(big_store, out, image_format)
+    command = [*nixlayer_command(), *big_store.args(big_store.big, out, image_format)]
+    code, stderr, took = _interrupted(command, tmp_path, signum)
+    assert code == 130, stderr
+    assert set(stderr.splitlines()) <= {"nixlayer: error: interrupted"}, stderr
+    assert _leftovers(tmp_path) == []
+    after = _snapshot(out)
+    if image_format == "oci":  # blobs finished before the signal may stay; index.json not
+        assert after["index.json"] == before["index.json"]
+        assert all(after[name] == digest for name, digest in before.items())
+    else:
+        assert after == before
+    report = verify_image(str(out))
+    assert report.ok and report.notes == [], format_report(report)
+    assert took < 10, f"{took:.1f} s from the signal to the exit"
+
+
+def test_an_interrupt_says_so(big_store: BigStore, tmp_path: Path) -> None:
+    command = [
+        *nixlayer_command(),
+        *big_store.args(big_store.big, tmp_path / "i.tar", "docker-archive"),
+    ]
+    code, stderr, _ = _interrupted(command, tmp_path, signal.SIGINT)
+    assert (code, stderr) == (130, "nixlayer: error: interrupted\n")
+
+
+@pytest.mark.parametrize("image_format", FORMATS)
+def test_sigkill_leaves_the_previous_image(
+    big_store: BigStore, tmp_path: Path, image_format: str
+) -> None:
+    """Nothing runs after SIGKILL: the temporary files stay (they are the only
+    leftovers, under names starting ``.nixlayer-``), but the destination is the
+    previous image, complete, and verifies."""
+    out = _destination(tmp_path, image_format)
+    before = _previous_image(big_store, out, image_format)
+    command = [*nixlayer_command(), *big_store.args(big_store.big, out, image_format)]
+    code, _, _ = _interrupted(command, tmp_path, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    after = _snapshot(out)
+    if image_format == "oci":
+        assert after["index.json"] == before["index.json"]
+    else:
+        assert after == before
+    report = verify_image(str(out))
+    assert report.ok, format_report(report)
+    leftovers = _leftovers(tmp_path)
+    assert leftovers, "a killed build leaves its temporary file (nothing can remove it)"
+    names = {name for name in os.listdir(tmp_path) if not name.startswith(".nixlayer-")}
+    assert names == {out.name}
+
+
+def test_sigkill_before_a_first_image_leaves_no_destination(
+    big_store: BigStore, tmp_path: Path
+) -> None:
+    out = tmp_path / "image.tar"
+    command = [*nixlayer_command(), *big_store.args(big_store.big, out, "docker-archive")]
+    code, _, _ = _interrupted(command, tmp_path, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert not out.exists()
+    assert [name for name in os.listdir(tmp_path) if not name.startswith(".nixlayer-")] == []
