@@ -66,6 +66,18 @@ app = typer.Typer(
     help="Turn a Nix closure into a layered, reproducible container image.",
 )
 
+_DEBUG = {"traceback": False}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an internal error.")
+    ] = False,
+) -> None:
+    _DEBUG["traceback"] = debug
+
+
 ClosureArg = Annotated[
     Path,
     typer.Argument(
@@ -451,6 +463,14 @@ def main() -> None:
         sys.exit(1)
     except OSError as e:
         _fail(f"{e.filename or ''}: {e.strerror}" if e.filename else str(e), 2)
+    except Exception as e:  # a bug in nixlayer, not a problem with the input
+        if _DEBUG["traceback"]:
+            raise
+        _fail(
+            f"internal error ({type(e).__name__}: {e}); please report it with the output "
+            "of the same command run with `nixlayer --debug …`",
+            1,
+        )
     if code == 130:  # typer turns Ctrl-C and SIGTERM into exit code 130
         _fail("interrupted", 130)
     sys.exit(code or 0)
