@@ -89,26 +89,41 @@ def store_layer_entries(
     return entries
 
 
-def _children(name: bytes, disk_path: bytes) -> list[tuple[bytes, bytes, os.stat_result]]:
+def _walk_folder(name: bytes, disk_path: bytes, pending: list[Entry]) -> Iterator[Entry]:
+    """The entries of one folder, from what ``scandir`` says of each: a folder or a
+    symlink needs no ``lstat`` (the file type comes with the name), a file does."""
     prefix = name + b"/" if name else b""
     with os.scandir(disk_path) as children:
-        return [
-            (prefix + child.name, child.path, child.stat(follow_symlinks=False))
-            for child in children
-        ]
+        for child in children:
+            if child.is_dir(follow_symlinks=False):
+                entry = Entry(prefix + child.name, Kind.DIRECTORY, DIR_MODE, disk_path=child.path)
+                pending.append(entry)
+                yield entry
+            elif child.is_symlink():
+                target = os.readlink(child.path)
+                yield Entry(prefix + child.name, Kind.SYMLINK, SYMLINK_MODE, target=target)
+            else:
+                st = child.stat(follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    _entry(prefix + child.name, child.path, st)  # raises: a special file
+                mode = EXECUTABLE_MODE if st.st_mode & stat.S_IXUSR else FILE_MODE
+                inode = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
+                yield Entry(
+                    prefix + child.name, Kind.FILE, mode, st.st_size, b"", child.path, inode
+                )
 
 
 def walk_tree(disk_root: bytes, name_root: bytes) -> Iterator[Entry]:
-    """Every entry of a tree on disk, its top first, from ``lstat`` only, named below
-    ``name_root``. Symlinks are never followed; the top may be a file or a symlink."""
+    """Every entry of a tree on disk, its top first, from ``scandir`` and ``lstat`` only,
+    named below ``name_root``. Symlinks are never followed; the top may be a file or a
+    symlink."""
     try:
-        pending = [(name_root, disk_root, os.lstat(disk_root))]
+        top = _entry(name_root, disk_root, os.lstat(disk_root))
+        yield top
+        pending = [top] if top.kind is Kind.DIRECTORY else []
         while pending:
-            name, disk_path, st = pending.pop()
-            entry = _entry(name, disk_path, st)
-            yield entry
-            if entry.kind is Kind.DIRECTORY:
-                pending.extend(_children(name, disk_path))
+            folder = pending.pop()
+            yield from _walk_folder(folder.name, folder.disk_path, pending)
     except FileNotFoundError as e:
         raise NixlayerError(f"{os.fsdecode(e.filename)}: does not exist on disk") from None
     except PermissionError as e:

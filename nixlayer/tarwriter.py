@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from operator import attrgetter
+from zlib import adler32
 
 from nixlayer.errors import NixlayerError
 from nixlayer.store import Entry, Kind
@@ -20,11 +24,15 @@ from nixlayer.store import Entry, Kind
 TAR_FORMAT = 1  # bump whenever the bytes written for the same entries change
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)
-READ_CHUNK = 1 << 20
+_ZEROS = memoryview(END_OF_ARCHIVE)
+READ_CHUNK = 1 << 20  # the size of the buffers the layer's bytes stream through
+_SPARE_BUFFERS = 2  # buffers being hashed and written while another fills
+_THREADED_FROM = 8 * READ_CHUNK  # bytes in large files that make a second thread worth it
 MAX_OCTAL_SIZE = 0o77777777777  # the largest size a USTAR header can hold (8 GiB - 1)
 MAX_OCTAL_ID = 0o7777777  # the largest uid or gid it can hold
 
 _TYPEFLAGS = {Kind.FILE: b"0", Kind.SYMLINK: b"2", Kind.DIRECTORY: b"5"}
+_FILE, _DIRECTORY = _TYPEFLAGS[Kind.FILE], _TYPEFLAGS[Kind.DIRECTORY]
 _HARDLINK = b"1"
 _PAX = b"x"
 _PAX_NAME = b"././@PaxHeader"
@@ -62,6 +70,16 @@ def _octal(value: int, width: int) -> bytes:
     return b"%0*o\0" % (width - 1, value)
 
 
+# Magic and version, empty user and group names, device numbers 0.
+_USTAR_MIDDLE = b"ustar\x0000" + bytes(64) + _octal(0, 8) + _octal(0, 8)
+
+
+def _byte_sum(block: bytes) -> int:
+    """``sum(block)`` for a 512-byte block, in C: the low half of a block's Adler-32
+    is 1 + the sum of its bytes modulo 65521, exact for 256 bytes (at most 65280)."""
+    return (adler32(block[:256]) & 0xFFFF) + (adler32(block[256:]) & 0xFFFF) - 2
+
+
 def _ustar_header(
     name: bytes,
     mode: int,
@@ -77,25 +95,23 @@ def _ustar_header(
     field alone; callers send longer or non-ASCII names through PAX records.
     """
     prefix, short_name = _split_name(name) or (b"", name[:100])
-    block = b"".join(
-        (
-            short_name.ljust(100, b"\0"),
-            _octal(mode, 8),
-            *(_octal(i if i <= MAX_OCTAL_ID else 0, 8) for i in owner),
-            _octal(size if size <= MAX_OCTAL_SIZE else 0, 12),
-            _octal(mtime, 12),
-            b" " * 8,
-            typeflag,
-            linkname[:100].ljust(100, b"\0"),
-            b"ustar\x0000",
-            bytes(64),
-            _octal(0, 8),
-            _octal(0, 8),
-            prefix.ljust(155, b"\0"),
-            bytes(12),
-        )
+    uid, gid = owner
+    head = b"%s%07o\0%07o\0%07o\0%011o\0%011o\0" % (
+        short_name.ljust(100, b"\0"),
+        mode,
+        uid if uid <= MAX_OCTAL_ID else 0,
+        gid if gid <= MAX_OCTAL_ID else 0,
+        size if size <= MAX_OCTAL_SIZE else 0,
+        mtime,
     )
-    return block[:148] + b"%06o\0 " % sum(block) + block[156:]
+    tail = b"%s%s%s%s" % (
+        typeflag,
+        linkname[:100].ljust(100, b"\0"),
+        _USTAR_MIDDLE,
+        prefix.ljust(167, b"\0"),  # the prefix field (155) and the block's last 12 bytes
+    )
+    checksum = _byte_sum(head + b"        " + tail)
+    return b"%s%06o\0 %s" % (head, checksum, tail)
 
 
 def _split_name(name: bytes) -> tuple[bytes, bytes] | None:
@@ -155,6 +171,8 @@ def header(
     owner: tuple[int, int] = (0, 0),
 ) -> bytes:
     """The header blocks of one tar member: a PAX extended header first when needed."""
+    if _plain(name, linkname, size, owner):
+        return _plain_header(name, mode, size, mtime, typeflag, linkname)
     pax = _pax_records(name, linkname, size, owner)
     member = _ustar_header(name, mode, size, mtime, typeflag, linkname, owner)
     if not pax:
@@ -163,18 +181,72 @@ def header(
     return pax_header + pax + padding(len(pax)) + member
 
 
+def _plain(name: bytes, linkname: bytes, size: int, owner: tuple[int, int]) -> bool:
+    """Most members: short ASCII names, owned by root, so no PAX record (a quick test
+    that implies ``not _pax_records(...)``)."""
+    return (
+        len(name) <= 100
+        and len(linkname) <= 100
+        and size <= MAX_OCTAL_SIZE
+        and owner == (0, 0)
+        and name.isascii()
+        and linkname.isascii()
+    )
+
+
+_PLAIN_TAIL = _USTAR_MIDDLE + bytes(167)  # then an empty prefix, and the block's end
+_PLAIN_SUM = sum(_PLAIN_TAIL) + sum(b"        ")  # with the checksum field as spaces
+_mode_and_time: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+
+
+def _plain_header(
+    name: bytes, mode: int, size: int, mtime: int, typeflag: bytes, linkname: bytes
+) -> bytes:
+    """``_ustar_header`` for a member ``_plain`` says needs no PAX record, quicker: the
+    fields that repeat from member to member are formatted once, and the checksum
+    adds up only what varies. Its ASCII parts sum to less than 65521, so that their
+    Adler-32 gives their sum (see ``_byte_sum``)."""
+    fields = _mode_and_time.get((mode, mtime))
+    if fields is None:
+        fields = b"%07o\0%07o\0%07o\0" % (mode, 0, 0), b"%011o\0" % mtime
+        _mode_and_time[(mode, mtime)] = fields
+    head = b"%s%s%011o\0%s" % (name.ljust(100, b"\0"), fields[0], size, fields[1])
+    checksum = (adler32(head) & 0xFFFF) - 1 + _PLAIN_SUM + typeflag[0]
+    if linkname:
+        checksum += (adler32(linkname) & 0xFFFF) - 1
+    return b"%s%06o\0 %s%s%s" % (head, checksum, typeflag, linkname.ljust(100, b"\0"), _PLAIN_TAIL)
+
+
 def file_header(name: bytes, size: int, mtime: int, mode: int = 0o444) -> bytes:
     """The header of a plain file member, for archives that hold layers and metadata."""
     return header(name, mode, size, mtime, _TYPEFLAGS[Kind.FILE])
 
 
-def _member_header(member: Member, mtime: int) -> bytes:
+def _member_fields(member: Member) -> tuple[bytes, bytes, int, bytes]:
+    """The member's name, typeflag, data size and link name, as its header gives them."""
     entry = member.entry
     if member.link_to is not None:
-        return header(entry.name, entry.mode, 0, mtime, _HARDLINK, member.link_to, entry.owner)
-    name = entry.name + b"/" if entry.kind is Kind.DIRECTORY else entry.name
-    typeflag = _TYPEFLAGS[entry.kind]
-    return header(name, entry.mode, member.data_size, mtime, typeflag, entry.target, entry.owner)
+        return entry.name, _HARDLINK, 0, member.link_to
+    kind = entry.kind
+    if kind is Kind.FILE:
+        return entry.name, _FILE, entry.size, entry.target
+    if kind is Kind.DIRECTORY:
+        return entry.name + b"/", _DIRECTORY, 0, entry.target
+    return entry.name, _TYPEFLAGS[kind], 0, entry.target
+
+
+def _member_header(member: Member, mtime: int) -> bytes:
+    name, typeflag, size, linkname = _member_fields(member)
+    return header(name, member.entry.mode, size, mtime, typeflag, linkname, member.entry.owner)
+
+
+def _header_size(member: Member) -> int:
+    """``len(_member_header(member, mtime))``, without building the header."""
+    name, _, size, linkname = _member_fields(member)
+    if _plain(name, linkname, size, member.entry.owner):
+        return BLOCK
+    pax = _pax_records(name, linkname, size, member.entry.owner)
+    return 2 * BLOCK + len(pax) + -len(pax) % BLOCK if pax else BLOCK
 
 
 def _link_twins(entries: list[Entry]) -> list[Member]:
@@ -193,9 +265,9 @@ def _link_twins(entries: list[Entry]) -> list[Member]:
 
 def lay_out(entries: Iterable[Entry], mtime: int) -> LayerLayout:
     """Plan a layer's tar from metadata alone: members sorted bytewise, exact size."""
-    members = tuple(_link_twins(sorted(entries, key=lambda entry: entry.name)))
+    members = tuple(_link_twins(sorted(entries, key=attrgetter("name"))))
     size = len(END_OF_ARCHIVE) + sum(
-        len(_member_header(m, mtime)) + m.data_size + len(padding(m.data_size)) for m in members
+        _header_size(m) + m.data_size + -m.data_size % BLOCK for m in members
     )
     return LayerLayout(members=members, size=size, mtime=mtime)
 
@@ -205,44 +277,213 @@ def write_layer(
 ) -> str:
     """Stream the layer's tar through ``write`` and return its sha256 (hex).
 
+    The bytes are gathered into large buffers, headers and small files together, and
+    a file's bytes are read straight into them; each full buffer is hashed here and
+    written by ``write``. In a layer of large files, another thread writes (and so
+    compresses, for a compressed blob) while this one reads and hashes the next
+    buffer: reads, hashlib, zlib and zstandard release the GIL. Among small files,
+    where the time goes to Python between system calls, two threads would only hand
+    the GIL back and forth, so this thread does all. ``write`` must not keep the
+    memoryview it is given.
+
     Stops with an error if a file no longer has the size it had when the layer
     was laid out: the bytes would not match the size already announced.
     """
     digest = hashlib.sha256()
-    buffer = memoryview(bytearray(READ_CHUNK))
     written = 0
 
-    def emit(data: bytes | memoryview) -> None:
+    def hashed(data: memoryview) -> None:
         nonlocal written
         digest.update(data)
-        write(data)
         written += len(data)
         on_bytes(len(data))
 
-    for member in layout.members:
-        emit(_member_header(member, layout.mtime))
-        if member.data_size:
-            _stream_file(member.entry, buffer, emit)
-            emit(padding(member.data_size))
-    emit(END_OF_ARCHIVE)
+    with _Buffers(hashed, write, threaded=_large_data(layout) >= _THREADED_FROM) as out:
+        for member in layout.members:
+            out.add_member(_member_header(member, layout.mtime), member)
+        out.add(END_OF_ARCHIVE)
     assert written == layout.size, "layer size differs from its layout"
     return digest.hexdigest()
 
 
-def _stream_file(entry: Entry, buffer: memoryview, emit: Emit) -> None:
-    """Copy exactly ``entry.size`` bytes, never following a symlink swapped in."""
-    path = os.fsdecode(entry.disk_path)
+_spare_buffers: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+
+
+def _take_buffer() -> memoryview:
+    """A buffer of ``READ_CHUNK`` bytes, one a past layer used if there is one: a new
+    one costs page faults as it is first filled."""
     try:
-        fd = os.open(entry.disk_path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as e:
-        raise NixlayerError(f"{path}: cannot read it: {e.strerror}") from None
-    with open(fd, "rb", buffering=0) as file:
-        remaining = entry.size
-        while remaining:
-            count = file.readinto(buffer[: min(len(buffer), remaining)])
-            if not count:
-                raise NixlayerError(f"{path}: the file shrank while it was being read")
-            emit(buffer[:count])
-            remaining -= count
-        if file.read(1):
-            raise NixlayerError(f"{path}: the file grew while it was being read")
+        buffer = _spare_buffers.get_nowait()
+    except queue.Empty:
+        return memoryview(bytearray(READ_CHUNK))
+    return buffer if len(buffer) == READ_CHUNK else memoryview(bytearray(READ_CHUNK))
+
+
+def _large_data(layout: LayerLayout) -> int:
+    """The bytes of the layer's files of at least a buffer each."""
+    return sum(m.data_size for m in layout.members if m.data_size >= READ_CHUNK)
+
+
+class _Buffers:
+    """The layer's bytes in order, in buffers of ``READ_CHUNK`` bytes: each full one is
+    given to ``hashed``, then to ``write``, on another thread when ``threaded``, while
+    the next fills.
+
+    Errors of ``write`` surface in the filling thread at the next hand-over; when
+    filling stops early, buffers not yet written are dropped.
+    """
+
+    def __init__(self, hashed: Callable[[memoryview], None], write: Emit, threaded: bool) -> None:
+        self._hashed = hashed
+        self._write = write
+        self._view = _take_buffer()
+        self._used = 0
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+            self._full: queue.SimpleQueue[tuple[memoryview, int] | None] = queue.SimpleQueue()
+            for _ in range(_SPARE_BUFFERS):
+                self._free.put(_take_buffer())
+            self._cancelled = False
+            self._thread = threading.Thread(target=self._run, name="nixlayer-write", daemon=True)
+            self._thread.start()
+
+    def __enter__(self) -> _Buffers:
+        return self
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        failed = kind is not None
+        try:
+            if not failed:
+                self._hand_over()
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            if self._thread is not None:
+                self._cancelled = failed
+                self._full.put(None)
+                self._thread.join()
+        if self._error is not None and not failed:
+            raise self._error
+        if not failed:  # every buffer is back: this one, and the spares in the queue
+            _spare_buffers.put(self._view)
+            while self._thread is not None and not self._free.empty():
+                _spare_buffers.put(self._free.get())
+
+    def _run(self) -> None:
+        while (item := self._full.get()) is not None:
+            view, used = item
+            if self._error is None and not self._cancelled:
+                try:
+                    self._write(view[:used])
+                except BaseException as error:  # handed to the filling thread
+                    self._error = error
+            self._free.put(view)
+
+    def _hand_over(self) -> None:
+        self._hashed(self._view[: self._used])
+        if self._thread is None:
+            self._write(self._view[: self._used])
+        else:
+            self._full.put((self._view, self._used))
+            self._view = self._free.get()
+            if self._error is not None:
+                raise self._error
+        self._used = 0
+
+    def add(self, data: bytes | memoryview) -> None:
+        end = self._used + len(data)
+        if end <= READ_CHUNK:
+            self._view[self._used : end] = data
+            self._used = end
+            return
+        start = 0
+        while start < len(data):
+            if self._used == READ_CHUNK:
+                self._hand_over()
+            count = min(len(data) - start, READ_CHUNK - self._used)
+            self._view[self._used : self._used + count] = data[start : start + count]
+            self._used += count
+            start += count
+
+    def add_member(self, header: bytes, member: Member) -> None:
+        """A member's header, data and padding. Most members fit in what is left of the
+        buffer, with a byte to spare (see ``add_file``): they take one quick path."""
+        size = member.data_size
+        if not size:
+            self.add(header)
+            return
+        start = self._used + len(header)
+        end = start + size
+        padded = end + -size % BLOCK
+        if padded >= READ_CHUNK:
+            self.add(header)
+            self.add_file(member.entry)
+            self.add(_ZEROS[: -size % BLOCK])
+            return
+        view = self._view
+        entry = member.entry
+        try:
+            fd = os.open(entry.disk_path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as e:
+            raise NixlayerError(f"{_show(entry)}: cannot read it: {e.strerror}") from None
+        try:
+            count = os.readv(fd, (view[start : end + 1],))
+            if count != size:
+                if count > size:
+                    raise NixlayerError(f"{_show(entry)}: the file grew while it was being read")
+                # Short: the file shrank, or the system read it in parts; read the rest.
+                view[self._used : start] = header
+                self._used = start + count
+                self._read(fd, entry, size - count)
+                self.add(_ZEROS[: -size % BLOCK])
+                return
+        finally:
+            os.close(fd)
+        view[self._used : start] = header
+        view[end:padded] = _ZEROS[: padded - end]
+        self._used = padded
+
+    def add_file(self, entry: Entry) -> None:
+        """Exactly ``entry.size`` bytes, never following a symlink swapped in.
+
+        Each read asks for one byte more than is left, where the buffer has room: a
+        file that grew fills it, and one that has not returns short (a regular file
+        reads short only at its end), which saves a read to see the end.
+        """
+        try:
+            fd = os.open(entry.disk_path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as e:
+            raise NixlayerError(f"{_show(entry)}: cannot read it: {e.strerror}") from None
+        try:
+            self._read(fd, entry, entry.size)
+        finally:
+            os.close(fd)
+
+    def _read(self, fd: int, entry: Entry, remaining: int) -> None:
+        """The ``remaining`` bytes of an open file, and a check that no more follow."""
+        if remaining:
+            while True:
+                if self._used == READ_CHUNK:
+                    self._hand_over()
+                used = self._used
+                wanted = min(remaining + 1, READ_CHUNK - used)
+                count = os.readv(fd, (self._view[used : used + wanted],))
+                if count > remaining:
+                    raise NixlayerError(f"{_show(entry)}: the file grew while it was being read")
+                if not count:
+                    raise NixlayerError(f"{_show(entry)}: the file shrank while it was being read")
+                self._used = used + count
+                remaining -= count
+                if not remaining:
+                    break
+            if count < wanted:  # a short read: the end of the file
+                return
+        if os.read(fd, 1):
+            raise NixlayerError(f"{_show(entry)}: the file grew while it was being read")
+
+
+def _show(entry: Entry) -> str:
+    return os.fsdecode(entry.disk_path)

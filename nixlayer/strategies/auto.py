@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import networkx as nx
 
-from nixlayer.strategies.reach import name_order_key
+from nixlayer.strategies.reach import Indexed, closure_sums, indexed, name_order_key
 
 
 def auto(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> list[list[str]]:
@@ -19,38 +19,82 @@ def auto(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> list[list[str]
     before the number of distinct sets would exceed the budget. Layers are ordered
     by the NAR size of their closure, ascending.
 
-    Cost: O(V + E) per primary, so O(budget · (V + E)) in practice.
+    Cost: O(V + E) per primary, so O(budget · (V + E)) in practice. A set of primaries
+    is a bitmask (primary j is bit j), and the count of paths per set is kept up to
+    date as a primary changes the sets of its dependencies, so that a primary costs
+    a walk of its dependencies only.
     """
-    size = nx.get_node_attributes(graph, "nar_size")
-    candidates = sorted(graph, key=lambda p: (size[p], name_order_key(p)), reverse=True)
-    split: dict[str, frozenset[str]] = dict.fromkeys(graph, frozenset())
+    ix = indexed(graph)
+    size = [graph.nodes[node]["nar_size"] for node in ix.nodes]
+    candidates = sorted(
+        range(len(ix.nodes)), key=lambda i: (size[i], name_order_key(ix.nodes[i])), reverse=True
+    )
+    split = [0] * len(ix.nodes)  # each path's set of primaries
+    paths_per_set = Counter(split)
+    primaries: list[int] = []
+    below: list[set[int]] = []  # below[j]: the paths primary j reaches
     for primary in candidates:
-        attempt = _with_primary(graph, split, primary)
-        if len(set(attempt.values())) > budget:
+        if not _add_primary(ix, split, paths_per_set, primaries, below, primary, budget):
             break
-        split = attempt
-    members: dict[frozenset[str], list[str]] = defaultdict(list)
-    for path, key in split.items():
-        members[key].append(path)
-    groups = [sorted(paths, key=name_order_key) for paths in members.values()]
-    return sorted(groups, key=lambda group: (_closure_size(graph, group, size), group[0]))
+    members: dict[int, list[str]] = defaultdict(list)
+    for node, key in zip(ix.nodes, split, strict=True):
+        members[key].append(node)
+    keys = list(members)
+    group_of = {key: g for g, key in enumerate(keys)}
+    sizes = closure_sums(ix, size, [group_of[key] for key in split])
+    groups = [(sizes[g], sorted(members[key], key=name_order_key)) for g, key in enumerate(keys)]
+    return [group for _, group in sorted(groups, key=lambda sg: (sg[0], sg[1][0]))]
 
 
-def _with_primary(
-    graph: nx.DiGraph, split: dict[str, frozenset[str]], primary: str
-) -> dict[str, frozenset[str]]:
-    attempt = dict(split)
-    attempt[primary] = frozenset({primary})
-    dependencies = nx.descendants(graph, primary)
-    users = nx.ancestors(graph, primary)
+def _add_primary(
+    ix: Indexed,
+    split: list[int],
+    paths_per_set: Counter[int],
+    primaries: list[int],
+    below: list[set[int]],
+    primary: int,
+    budget: int,
+) -> bool:
+    """Make ``primary`` the next primary, unless that gives more sets than ``budget``
+    (then nothing changes). Each dependency's set loses the primaries above the new
+    one, and gains it unless it keeps a primary that is itself below the new one."""
+    dependencies = _reached(ix.succ, primary)
+    own = 1 << len(primaries)
+    users = sum(1 << j for j, reached in enumerate(below) if primary in reached)
+    inside = sum(1 << j for j, p in enumerate(primaries) if p in dependencies)
+    changed = [(primary, split[primary], own)]
     for dependency in dependencies:
-        key = attempt[dependency] - users
-        if not key & dependencies:
-            key |= {primary}
-        attempt[dependency] = key
-    return attempt
+        key = split[dependency] & ~users
+        if not key & inside:
+            key |= own
+        changed.append((dependency, split[dependency], key))
+    for node, old, new in changed:
+        split[node] = new
+        _move(paths_per_set, old, new)
+    if len(paths_per_set) > budget:
+        for node, old, new in reversed(changed):
+            split[node] = old
+            _move(paths_per_set, new, old)
+        return False
+    primaries.append(primary)
+    below.append(dependencies)
+    return True
 
 
-def _closure_size(graph: nx.DiGraph, group: list[str], size: dict[str, int]) -> int:
-    closure = set(group).union(*(nx.descendants(graph, path) for path in group))
-    return sum(size[path] for path in closure)
+def _move(paths_per_set: Counter[int], old: int, new: int) -> None:
+    paths_per_set[new] += 1
+    paths_per_set[old] -= 1
+    if not paths_per_set[old]:
+        del paths_per_set[old]
+
+
+def _reached(succ: list[list[int]], start: int) -> set[int]:
+    """What ``start`` reaches, itself excluded."""
+    seen: set[int] = set()
+    pending = [start]
+    while pending:
+        for node in succ[pending.pop()]:
+            if node not in seen:
+                seen.add(node)
+                pending.append(node)
+    return seen

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import networkx as nx
 
-from nixlayer.strategies.reach import name_order_key, reach_sums
+from nixlayer.strategies.reach import Indexed, indexed, indexed_reach_sums, name_order_key
 
 
 def path_counts(graph: nx.DiGraph, roots: Sequence[str]) -> dict[str, int]:
@@ -15,10 +15,15 @@ def path_counts(graph: nx.DiGraph, roots: Sequence[str]) -> dict[str, int]:
     One pass in topological order, O(V + E) big-integer additions; the counts
     grow exponentially with depth, so they are exact Python integers.
     """
+    ix = indexed(graph)
+    return dict(zip(ix.nodes, _path_counts(ix, roots), strict=True))
+
+
+def _path_counts(ix: Indexed, roots: Sequence[str]) -> list[int]:
     root_set = set(roots)
-    counts: dict[str, int] = {}
-    for node in nx.topological_sort(graph):
-        counts[node] = (node in root_set) + sum(counts[p] for p in graph.predecessors(node))
+    counts = [0] * len(ix.nodes)
+    for node in ix.order:
+        counts[node] = (ix.nodes[node] in root_set) + sum(map(counts.__getitem__, ix.pred[node]))
     return counts
 
 
@@ -27,7 +32,9 @@ def popularity_scores(graph: nx.DiGraph, roots: Sequence[str]) -> dict[str, int]
     x included; what nixpkgs' closure-graph.py computes by expanding the graph
     into trees, here without expanding anything (see ``reach_sums``).
     """
-    return reach_sums(graph, path_counts(graph, roots), upstream=True)
+    ix = indexed(graph)
+    scores = indexed_reach_sums(ix, _path_counts(ix, roots), upstream=True)
+    return dict(zip(ix.nodes, scores, strict=True))
 
 
 def popularity(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> list[list[str]]:
