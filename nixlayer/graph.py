@@ -26,10 +26,9 @@ def build_graph(closure: Closure) -> nx.DiGraph:
         for ref in store_path.references
         if ref != store_path.path
     )
-    try:
-        cycle = nx.find_cycle(graph)
-    except nx.NetworkXNoCycle:
+    if nx.is_directed_acyclic_graph(graph):  # linear; find_cycle only to name the cycle
         return graph
+    cycle = nx.find_cycle(graph)
     members = " -> ".join(edge[0] for edge in cycle)
     raise NixlayerError(f"{closure.source}: the references form a cycle: {members}")
 
