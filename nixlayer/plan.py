@@ -162,6 +162,7 @@ def _make_room(
     smallest: cheapest to push again) go back to be laid out with the new paths."""
     if not remaining or len(kept) < budget:
         return kept
+
     def size(layer: list[str]) -> int:
         return sum(closure.paths[p].nar_size or 0 for p in layer)
 

@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from operator import attrgetter
 from zlib import adler32
@@ -28,6 +29,9 @@ _ZEROS = memoryview(END_OF_ARCHIVE)
 READ_CHUNK = 1 << 20  # the size of the buffers the layer's bytes stream through
 _SPARE_BUFFERS = 2  # buffers being hashed and written while another fills
 _THREADED_FROM = 8 * READ_CHUNK  # bytes in large files that make a second thread worth it
+# Whether a layer may be written by a second thread; off where layers are already made
+# in parallel (formats/oci.py), so that the cores are not shared out twice.
+WRITER_THREAD: ContextVar[bool] = ContextVar("nixlayer_writer_thread", default=True)
 MAX_OCTAL_SIZE = 0o77777777777  # the largest size a USTAR header can hold (8 GiB - 1)
 MAX_OCTAL_ID = 0o7777777  # the largest uid or gid it can hold
 
@@ -283,8 +287,8 @@ def write_layer(
     compresses, for a compressed blob) while this one reads and hashes the next
     buffer: reads, hashlib, zlib and zstandard release the GIL. Among small files,
     where the time goes to Python between system calls, two threads would only hand
-    the GIL back and forth, so this thread does all. ``write`` must not keep the
-    memoryview it is given.
+    the GIL back and forth, so this thread does all; and where ``WRITER_THREAD`` is
+    off. ``write`` must not keep the memoryview it is given.
 
     Stops with an error if a file no longer has the size it had when the layer
     was laid out: the bytes would not match the size already announced.
@@ -298,7 +302,8 @@ def write_layer(
         written += len(data)
         on_bytes(len(data))
 
-    with _Buffers(hashed, write, threaded=_large_data(layout) >= _THREADED_FROM) as out:
+    threaded = WRITER_THREAD.get() and _large_data(layout) >= _THREADED_FROM
+    with _Buffers(hashed, write, threaded) as out:
         for member in layout.members:
             out.add_member(_member_header(member, layout.mtime), member)
         out.add(END_OF_ARCHIVE)

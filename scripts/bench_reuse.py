@@ -62,9 +62,7 @@ def closure_of(entries: list[dict[str, object]], name: str) -> Closure:
     return make_closure(raw, "/nix/store", name)
 
 
-def bench(
-    paths: int, max_layers: int, strategies: list[str]
-) -> tuple[list[Row], dict[str, float]]:
+def bench(paths: int, max_layers: int, strategies: list[str]) -> tuple[list[Row], dict[str, float]]:
     """Every scenario, strategy, with and without --previous; and planning times."""
     model = generate(paths)
     old_closure = closure_of(path_info(model), "old")

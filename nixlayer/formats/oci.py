@@ -32,7 +32,7 @@ from nixlayer.image import (
 from nixlayer.layers import BlobLayer, Layer
 from nixlayer.output import pending_file
 from nixlayer.store import walk_tree
-from nixlayer.tarwriter import lay_out, write_layer
+from nixlayer.tarwriter import WRITER_THREAD, lay_out, write_layer
 
 Progress = Callable[[int], None]
 
@@ -156,7 +156,11 @@ def _make_layer_blob(
             pending.file.write(out)
             blob_size += len(out)
 
-        diff_id = f"sha256:{prepared.stream(write, on_bytes)}"
+        one_thread = WRITER_THREAD.set(False)  # layers are made in parallel already
+        try:
+            diff_id = f"sha256:{prepared.stream(write, on_bytes)}"
+        finally:
+            WRITER_THREAD.reset(one_thread)
         if compressor:
             write_tail = compressor.flush()
             blob_digest.update(write_tail)
