@@ -128,7 +128,10 @@ def child(mode: str, *args: str) -> list[str]:
 
 
 def nixlayer_cli(*args: object) -> list[str]:
-    return [sys.executable, "-c", "from nixlayer.cli import main; main()", *map(str, args)]
+    """The CLI of the tree under test: ``python -c`` puts the working folder first on
+    ``sys.path``, which would import the nixlayer found there instead."""
+    code = "import sys; del sys.path[0]; from nixlayer.cli import main; main()"
+    return [sys.executable, "-c", code, *map(str, args)]
 
 
 def sh(script: str) -> list[str]:
@@ -445,6 +448,7 @@ def round_robin(
         before()
         for name, (command, stdout) in commands.items():
             runs[name].append(run(command, stdout, env))
+            note(f"  {name}: {runs[name][-1].seconds:.2f} s")
     return {name: best(r) for name, r in runs.items()}
 
 
@@ -938,10 +942,15 @@ def parse_levels(text: str) -> list[tuple[str, int]]:
     return levels
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1].startswith("--child-"):
         CHILDREN[sys.argv[1].removeprefix("--child-")](*sys.argv[2:])
         return
+    signal.signal(signal.SIGTERM, _interrupted)  # unwind, so the inputs are removed
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated")
     parser.add_argument(
