@@ -104,6 +104,33 @@ def test_the_default_pushes_no_more_than_popularity_or_auto(
     assert pushed["cochange"] <= min(pushed["popularity"], pushed["auto"]) + slack
 
 
+@pytest.mark.parametrize("scenario", ["app", "leaf", "mid", "drop-dependency"])
+def test_the_default_rebuilds_only_layers_that_hold_changed_paths(
+    synthetic: dict[str, Closure], scenario: str
+) -> None:
+    """Without --previous: every layer of the new plan made of unchanged paths only is
+    a layer of the old plan, so the upgrade moved nothing it did not touch."""
+    old = make_plan(synthetic["old"], "cochange", 100)
+    new = make_plan(synthetic[scenario], "cochange", 100)
+    unchanged = [s for s in new.layer_sets() if s <= synthetic["old"].paths.keys()]
+    assert len(unchanged) >= len(new.layers) // 2
+    assert set(unchanged) <= set(old.layer_sets())
+
+
+def test_a_large_path_does_not_join_the_layer_of_a_path_that_uses_it(
+    synthetic: dict[str, Closure],
+) -> None:
+    """The budget's half largest paths top their own groups: none of them sits in a
+    layer with one of its users unless both were left over side by side."""
+    closure = synthetic["old"]
+    plan = make_plan(closure, "cochange", 100)
+    largest = sorted(closure.paths, key=lambda p: -(closure.paths[p].nar_size or 0))[:50]
+    layer_of = {p: i for i, layer in enumerate(plan.layers) for p in layer.paths}
+    users = {p: [u for u, e in closure.paths.items() if p in e.references] for p in largest}
+    shared = [p for p in largest for u in users[p] if u != p and layer_of[u] == layer_of[p]]
+    assert len(shared) <= 5
+
+
 def test_the_application_layer_holds_the_application_alone(
     synthetic: dict[str, Closure],
 ) -> None:

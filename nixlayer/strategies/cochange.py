@@ -1,180 +1,166 @@
-"""``cochange``: nixlayer's default. Paths that change together share a layer, and the
-application's layer carries nothing that changes less often than it does.
+"""``cochange``: nixlayer's default. Paths that change together share a layer, the
+application's layer carries nothing that changes less often than it does, and each
+decision is local, so that an upgrade moves only the layers it touches.
 
 Under Nix, a store path is rebuilt whenever anything in its closure is. Count how
 often each path changes as the number of upgrades that rebuild it, c(p): one per
-path in its closure, and for a root (the application, rebuilt on every commit) as
-many as all the others together. A layer is pushed whenever any of its paths
-changes, so putting path groups together costs the bytes that then travel without
-having changed:
+path in its closure. A layer is pushed whenever any of its paths changes, so
+putting paths together costs the bytes that then travel without having changed:
 
-- a group g below a group h (h's top path depends on g's): every change of g
-  changes h too, and g travels needlessly when h changes alone, about
+- a group g below the group of a path that uses it, whose count is c(h): every
+  change of g changes h too, and g travels needlessly when h changes alone, about
   ``size(g) * (c(h) - c(g))``;
-- two unrelated groups a and b (typically two library stacks only the application
-  uses): each travels when the other changes, about ``size(a) * c(b) + size(b) * c(a)``.
+- unrelated groups side by side (typically library stacks only the application
+  uses): each travels when another changes, about ``size(a) * c(b)``.
 
-Starting from one layer per path, the cheapest of these merges is made until the
-layers fit the budget: small paths join the stacks that use them, small stacks
-share layers, and large paths, with a high price, keep layers of their own. Roots
-never take others in. Each merge's price depends only on the groups involved, so an
-upgrade elsewhere leaves these decisions, and so the layers, as they were. Layers
-are ordered by how often they change, least first, so that docker's layer chain
-breaks as high as possible.
+Given a price limit T, two passes make the layers:
+
+1. below: from the bottom of the graph up, a path's group (it and what has joined
+   it) joins the group of its least-changing user when that costs at most T. The
+   largest paths (as many as half the budget) never join a user: when a library
+   that many paths use is upgraded, the big paths that do not use it keep their
+   layers instead of travelling with their upgraded users;
+2. beside: the groups nobody took, in order of c then name, are cut into runs. A
+   cut follows group g when ``size(g) * c(g) / T + size(g) / cap``, with cap twice
+   the image's bytes over the budget, exceeds a number in [0, 1) drawn from a hash
+   of g's name-version: runs carry about T of that weight and about cap of bytes,
+   heavy groups stand alone, and whether a cut follows g depends on g alone, so
+   adding, dropping or rebuilding one group changes one run (content-defined
+   chunking, as in rsync or restic).
+
+Roots never join or take in others. T is the smallest value of a fixed ladder
+(eight steps per doubling) whose layers fit the budget; a graph that differs a
+little gets the same T and so the same layers, unless it crosses a step (then
+about a tenth of the runs move). Layers come in order of c, least first, the roots
+last, so that docker's layer chain breaks as high as possible.
 """
 
 from __future__ import annotations
 
-import heapq
+import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import networkx as nx
 
-from nixlayer.strategies.reach import name_order_key, reach_sums
+from nixlayer.strategies.reach import Indexed, indexed, indexed_reach_sums, name_order_key
+
+_STEPS_PER_DOUBLING = 8
 
 
-@dataclass
-class _Group:
-    top: str
-    members: list[str]
-    size: int
-    changes: int  # c: how many upgrades change it
-    tops: list[str] = field(default_factory=list)
+@dataclass(frozen=True)
+class _Graph:
+    """What the passes need, by node number. ``climbs``: (path, its least-changing
+    non-root user, their difference in change counts) for every path that may join a
+    user, dependencies first; ``beside_order``: non-root paths by change count, then
+    name; ``chance``: a fixed number in [0, 1) from each path's name."""
 
-
-class _Merger:
-    """Groups, the path → group map, and heaps of candidate merges with lazy updates:
-    prices only rise as groups grow, so a stale entry is re-priced when it surfaces."""
-
-    def __init__(self, graph: nx.DiGraph, roots: Sequence[str]) -> None:
-        self.graph = graph
-        self.roots = set(roots)
-        everything = graph.number_of_nodes()
-        rate = {p: (everything if p in self.roots else 1) for p in graph}
-        changes = reach_sums(graph, rate, upstream=False)
-        self.groups = {
-            p: _Group(p, [p], graph.nodes[p]["nar_size"], changes[p], [p]) for p in graph
-        }
-        self.group_of = {p: p for p in graph}
-        self.below: list[tuple[int, tuple[str, str], str]] = []
-        self.beside: list[tuple[int, tuple[str, str], str]] = []
-        for name in graph:
-            self._push(name)
-
-    def _parent_group(self, group: _Group) -> _Group | None:
-        """The group of a path that uses the group's top and changes least often."""
-        candidates = {
-            self.group_of[parent]
-            for top in group.tops
-            for parent in self.graph.predecessors(top)
-            if self.group_of[parent] not in self.roots
-        } - {group.top}
-        if not candidates:
-            return None
-        return min((self.groups[c] for c in candidates), key=lambda g: (g.changes, _key(g.top)))
-
-    def _price_below(self, group: _Group) -> int | None:
-        parent = self._parent_group(group)
-        return None if parent is None else group.size * (parent.changes - group.changes)
-
-    def _push(self, name: str) -> None:
-        group = self.groups[name]
-        if name in self.roots:
-            return
-        price = self._price_below(group)
-        if price is not None:
-            heapq.heappush(self.below, (price, _key(name), name))
-        else:
-            heapq.heappush(self.beside, (group.size * group.changes, _key(name), name))
-
-    def _price(self, group: _Group, below: bool) -> int | None:
-        return self._price_below(group) if below else group.size * group.changes
-
-    def _fresh(self, heap: list[tuple[int, tuple[str, str], str]], below: bool) -> str | None:
-        """The cheapest live entry, re-priced until its price is current."""
-        while heap:
-            price, key, name = heap[0]
-            group = self.groups.get(name)
-            current = None if group is None else self._price(group, below)
-            if current is None:  # merged away, or no longer of this kind
-                heapq.heappop(heap)
-            elif current != price:
-                heapq.heapreplace(heap, (current, key, name))
-            else:
-                return name
-        return None
-
-    def _cheapest_pair_beside(self) -> tuple[str, str] | None:
-        first = self._fresh(self.beside, below=False)
-        if first is None:
-            return None
-        entry = heapq.heappop(self.beside)
-        second = self._fresh(self.beside, below=False)
-        while second == first:  # the same group, pushed again when it grew
-            heapq.heappop(self.beside)
-            second = self._fresh(self.beside, below=False)
-        heapq.heappush(self.beside, entry)
-        return None if second is None else (first, second)
-
-    def merge_cheapest(self) -> bool:
-        """Make the cheapest merge there is; False when none is left."""
-        below = self._fresh(self.below, below=True)
-        pair = self._cheapest_pair_beside()
-        below_price = None if below is None else self._price_below(self.groups[below])
-        beside_price = None
-        if pair is not None:
-            a, b = self.groups[pair[0]], self.groups[pair[1]]
-            beside_price = a.size * b.changes + b.size * a.changes
-        if (
-            below is not None
-            and below_price is not None
-            and (beside_price is None or below_price <= beside_price)
-        ):
-            group = self.groups[below]
-            parent = self._parent_group(group)
-            assert parent is not None
-            self._join(group, parent, beside=False)
-            return True
-        if pair is not None:
-            self._join(self.groups[pair[1]], self.groups[pair[0]], beside=True)
-            return True
-        return False
-
-    def _join(self, group: _Group, into: _Group, beside: bool) -> None:
-        """``group`` into ``into``: below it (into keeps its top and change count) or
-        beside it (both tops kept, change counts added: closures taken as disjoint)."""
-        into.members.extend(group.members)
-        into.size += group.size
-        if beside:
-            into.changes += group.changes
-            into.tops.extend(group.tops)
-        for member in group.members:
-            self.group_of[member] = into.top
-        del self.groups[group.top]
-        self._push(into.top)
-
-
-def _key(path: str) -> tuple[str, str]:
-    return name_order_key(path)
+    ix: Indexed
+    size: list[int]
+    changes: list[int]
+    roots: list[int]
+    climbs: list[tuple[int, int, int]]
+    beside_order: list[int]
+    chance: list[float]
+    cap: float  # bytes from which a group is always cut off
 
 
 def cochange(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> list[list[str]]:
     """See the module's docstring. Cost: the change counts (see ``reach_sums``), then
-    O((V + E) log V) for the merges."""
-    merger = _Merger(graph, roots)
-    while len(merger.groups) > budget and merger.merge_cheapest():
-        pass
-    groups = sorted(merger.groups.values(), key=lambda g: (g.changes, _key(g.top)))
-    return _within_budget([g.members for g in groups], graph, budget)
+    O(V) per value of T tried, about log2 of the number of steps in the ladder."""
+    g = _prepare(graph, roots, budget)
+    low, high = 0, _STEPS_PER_DOUBLING * (max(1, sum(g.size)) * len(g.size)).bit_length()
+    while low < high:  # the smallest step whose layers fit
+        middle = (low + high) // 2
+        if len(_runs(g, _limit(middle))[0]) + len(g.roots) <= budget:
+            high = middle
+        else:
+            low = middle + 1
+    return _within_budget(_layers(g, _limit(low)), g, budget)
 
 
-def _within_budget(groups: list[list[str]], graph: nx.DiGraph, budget: int) -> list[list[str]]:
-    """When there are more roots than layers, the smallest layers share the top one."""
-    if len(groups) <= budget:
-        return groups
-    size = nx.get_node_attributes(graph, "nar_size")
-    by_size = sorted(range(len(groups)), key=lambda i: sum(size[p] for p in groups[i]))
-    merged = set(by_size[: len(groups) - budget + 1])
-    kept = [group for i, group in enumerate(groups) if i not in merged]
-    return [*kept, [path for i in sorted(merged) for path in groups[i]]]
+def _limit(step: int) -> float:
+    return 2.0 ** (step / _STEPS_PER_DOUBLING)
+
+
+def _prepare(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> _Graph:
+    ix = indexed(graph)
+    everyone = range(len(ix.nodes))
+    root_set = set(roots)
+    is_root = [node in root_set for node in ix.nodes]
+    changes = indexed_reach_sums(ix, [1] * len(ix.nodes), upstream=False)
+    keys = [name_order_key(node) for node in ix.nodes]
+    rank = [0] * len(keys)
+    for position, node in enumerate(sorted(everyone, key=keys.__getitem__)):
+        rank[node] = position
+    size = [graph.nodes[node]["nar_size"] for node in ix.nodes]
+    largest = sorted((n for n in everyone if not is_root[n]), key=lambda n: -size[n])
+    fixed = set(largest[: budget // 2])
+
+    def climb(node: int) -> tuple[int, int, int] | None:
+        users = [u for u in ix.pred[node] if not is_root[u]]
+        if is_root[node] or node in fixed or not users:
+            return None
+        user = min(users, key=lambda u: (changes[u], rank[u]))
+        return node, user, changes[user] - changes[node]
+
+    climbs = [c for c in map(climb, reversed(ix.order)) if c is not None]
+    beside_order = sorted((n for n in everyone if not is_root[n]),
+                          key=lambda n: (changes[n], rank[n]))  # fmt: skip
+    chance = [_chance(key[0]) for key in keys]
+    cap = 2 * max(1, sum(size)) / budget
+    root_list = [n for n in everyone if is_root[n]]
+    return _Graph(ix, size, changes, root_list, climbs, beside_order, chance, cap)
+
+
+def _chance(name: str) -> float:
+    """A number in [0, 1) fixed by a path's name-version, not its hash: a rebuilt path
+    keeps it."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:7], "big") / (1 << 56)
+
+
+def _runs(g: _Graph, limit: float) -> tuple[list[list[int]], list[int]]:
+    """Both passes at price limit ``limit``: the runs of group tops, bottom first, and
+    for each path the user whose group it joined (-1 where it tops a group)."""
+    joined = [-1] * len(g.size)
+    group_size = list(g.size)
+    for node, user, delta in g.climbs:  # dependencies first: a group is complete
+        if group_size[node] * delta <= limit:
+            joined[node] = user
+            group_size[user] += group_size[node]
+    tops = [node for node in g.beside_order if joined[node] < 0]
+    cut = [group_size[t] * g.changes[t] / limit + group_size[t] / g.cap for t in tops]
+    runs: list[list[int]] = []
+    run: list[int] = []
+    for index, top in enumerate(tops):
+        run.append(top)
+        last = index + 1 == len(tops)
+        if last or cut[index] >= 1.0 - g.chance[top] or cut[index + 1] >= 1.0:
+            runs.append(run)
+            run = []
+    return runs, joined
+
+
+def _layers(g: _Graph, limit: float) -> list[list[int]]:
+    """The runs with every group's members, then the roots, as node numbers."""
+    runs, joined = _runs(g, limit)
+    top = list(range(len(joined)))
+    members: dict[int, list[int]] = {}
+    for node in g.ix.order:  # users first, so a user's top is known before its own
+        if joined[node] >= 0:
+            top[node] = top[joined[node]]
+        members.setdefault(top[node], []).append(node)
+    layers = [[m for t in run for m in members[t]] for run in runs]
+    return [*layers, *([root] for root in g.roots)]
+
+
+def _within_budget(layers: list[list[int]], g: _Graph, budget: int) -> list[list[str]]:
+    """Node numbers to paths, bottom first; when there are more roots than layers, the
+    smallest layers share the top one."""
+    named = [[g.ix.nodes[n] for n in layer] for layer in layers]
+    if len(named) <= budget:
+        return named
+    by_size = sorted(range(len(layers)), key=lambda i: sum(g.size[n] for n in layers[i]))
+    merged = set(by_size[: len(layers) - budget + 1])
+    kept = [layer for i, layer in enumerate(named) if i not in merged]
+    return [*kept, [path for i in sorted(merged) for path in named[i]]]
