@@ -16,24 +16,31 @@ an image at all raises ``NixlayerError``.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
 import os
 import re
-import shutil
 import tarfile
-import tempfile
-import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
 from nixlayer.errors import NixlayerError
-from nixlayer.formats.files import ImageFiles, Opener, folder_files, tar_files
+from nixlayer.formats.files import (
+    READ_ERRORS,
+    ImageFiles,
+    Opener,
+    compression_of,
+    decompressed_copy,
+    decompressing,
+    folder_files,
+    reopenable,
+    tar_files,
+)
 
 MANIFEST = "manifest.json"
 INDEX = "index.json"
@@ -45,7 +52,6 @@ _CHUNK = 1 << 20
 _MAX_DEPTH = 4  # nested indexes followed; deeper ones are reported, not followed
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
-_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 _MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -107,29 +113,31 @@ def verify_image(path: str) -> VerifyReport:
         return _verify_layout(path, folder_files(location), "oci")
     if not location.is_file():
         raise NixlayerError(f"{path}: no such image file or folder")
-    compression = _sniff(location)
+    compression = compression_of(partial(location.open, "rb"))
     if compression is None:
         return _verify_archive(path, location, None)
-    with _decompressed_copy(location, compression) as (plain, error):
-        if error is not None:
-            report = VerifyReport(path, "docker-archive", compression)
-            report.problems.append(f"the {compression} stream is corrupt: {error}")
-            return report
-        return _verify_archive(path, plain, compression)
+    try:
+        plain = decompressed_copy(location, compression)
+    except READ_ERRORS as error:
+        report = VerifyReport(path, "docker-archive", compression)
+        reason = str(error) or type(error).__name__
+        report.problems.append(f"the {compression} stream is corrupt: {reason}")
+        return report
+    with plain:
+        return _verify_archive(path, reopenable(plain), compression)
 
 
 def _verify_archive(source: str, path: Path, compression: str | None) -> VerifyReport:
     """A tar image: the archive's own structure first, then its content."""
     problems, readable = _check_archive(path)
     try:
-        files = tar_files(path)
+        files = tar_files(path, source)
     except NixlayerError as error:
         if not readable:
             raise NixlayerError(f"{source}: not a docker-archive or OCI image") from None
         report = VerifyReport(source, "docker-archive", compression, problems=problems)
         report.problems.append(str(error))
         return report
-    files = ImageFiles(source, files.files)
     if files.has(INDEX) and files.has(LAYOUT):
         report = _verify_layout(source, files, "oci-archive")
     elif files.has(MANIFEST):
@@ -144,27 +152,6 @@ def _verify_archive(source: str, path: Path, compression: str | None) -> VerifyR
 
 
 # --- the outer archive --------------------------------------------------------------
-
-
-def _sniff(path: Path) -> str | None:
-    with path.open("rb") as file:
-        magic = file.read(4)
-    return next((name for prefix, name in _MAGIC.items() if magic.startswith(prefix)), None)
-
-
-@contextmanager
-def _decompressed_copy(path: Path, compression: str) -> Iterator[tuple[Path, str | None]]:
-    """The archive decompressed into a temporary file, since its members are read in
-    place by offset; the error text instead if the stream is corrupt."""
-    with tempfile.TemporaryDirectory(prefix="nixlayer-verify-") as folder:
-        plain = Path(folder, "image.tar")
-        try:
-            with path.open("rb") as source, plain.open("wb") as out:
-                shutil.copyfileobj(_decompressing(source, compression), out, _CHUNK)
-        except _READ_ERRORS as error:
-            yield plain, str(error) or type(error).__name__
-            return
-        yield plain, None
 
 
 def _check_archive(path: Path) -> tuple[list[str], bool]:
@@ -214,14 +201,6 @@ def _tail_problems(file: IO[bytes], length: int, what: str) -> list[str]:
 
 # --- reading blobs ------------------------------------------------------------------
 
-_READ_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # gzip.BadGzipFile is one
-    EOFError,
-    zlib.error,
-    tarfile.TarError,
-    ValueError,  # zstandard.ZstdError is one
-)
-
 
 class _Counted(io.RawIOBase):
     """A reader that hashes and counts what passes through it and, for a tar stream,
@@ -256,18 +235,6 @@ class _Counted(io.RawIOBase):
         return f"sha256:{self.digest.hexdigest()}"
 
 
-def _decompressing(source: IO[bytes], compression: str | None) -> IO[bytes]:
-    """A reader of the uncompressed bytes; several gzip members or zstd frames in a
-    row are one stream, as consumers read them."""
-    if compression == "gzip":
-        return gzip.GzipFile(fileobj=source, mode="rb")
-    if compression == "zstd":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
-    return source
-
-
 @dataclass
 class _Blob:
     """A blob as read: its size and sha256, and for a layer the sha256 of its
@@ -291,12 +258,12 @@ def _read_layer(opener: Opener, compression: str | None, label: str) -> _Blob:
     and parsed member by member with tarfile in streaming mode."""
     with opener() as file:
         stored = _Counted(file)
-        tar_stream = _Counted(_decompressing(stored, compression))
+        tar_stream = _Counted(decompressing(stored, compression))
         problems: list[str] = []
         try:
             end = _check_members(tar_stream, label, problems)
             tar_stream.drain()
-        except _READ_ERRORS as error:
+        except READ_ERRORS as error:
             problems.append(f"{label}: cannot be read as a {compression or 'plain'} tar: {error}")
             _drain_quietly(stored)
             return _Blob(stored.count, stored.hexdigest, None, problems)
@@ -469,11 +436,7 @@ def _config_by_name(check: _Checker, name: str, where: str) -> Any:
 
 def _member_compression(files: ImageFiles, name: str) -> str | None:
     """docker-archives normally hold plain tars, but some tools store them compressed."""
-    if not files.has(name):
-        return None
-    with files.opener(name)() as blob:
-        magic = blob.read(4)
-    return next((kind for prefix, kind in _MAGIC.items() if magic.startswith(prefix)), None)
+    return compression_of(files.opener(name)) if files.has(name) else None
 
 
 # --- OCI layout ---------------------------------------------------------------------

@@ -150,3 +150,27 @@ def test_inspect_reads_back_the_plan(
     assert all(layer["media_type"].endswith("gzip") for layer in from_oci["layers"])
     text = run_ok("inspect", base_image).stdout.decode()
     assert "docker.io/library/base:1" in text and "glibc-2.38-27" in text
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_inspect_and_from_read_a_compressed_docker_archive(
+    compress: str, top_closure: Path, fixture_store: FixtureStore, tools: Tools, tmp_path: Path
+) -> None:
+    """A docker-archive compressed as a whole (``--compress`` on docker-archive), as
+    ``verify`` reads it: ``inspect`` shows it, and ``--from`` builds on it."""
+    base = tmp_path / f"base.tar.{compress}"
+    run_ok(
+        "from-closure", fixture_store.closure_file, "--store-root", fixture_store.root,
+        "-o", base, "--compress", compress, "--cmd", "sh", "--name", "base:1",
+    )  # fmt: skip
+    described = json.loads(run_ok("inspect", base, "--json").stdout)
+    assert described["repo_tags"] == ["docker.io/library/base:1"]
+    assert described["config"]["Cmd"] == ["sh"]
+    out = tmp_path / "top.tar"
+    _build_on(str(base), top_closure, fixture_store, out)
+    base_ids = [layer["diff_id"] for layer in described["layers"]]
+    config = read_docker_archive(out.read_bytes()).config
+    assert config["rootfs"]["diff_ids"][: len(base_ids)] == base_ids
+    skopeo_copy_to_oci(out, tmp_path / "oci")
+    rootfs = umoci_unpack(tmp_path / "oci", "test", tmp_path / "bundle")
+    assert compare_tree(rootfs, fixture_store.root, fixture_store.paths) == []

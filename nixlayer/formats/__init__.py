@@ -12,7 +12,7 @@ from nixlayer.cache import LayerCache
 from nixlayer.compression import CompressedStream, Compression
 from nixlayer.errors import NixlayerError
 from nixlayer.formats.docker_archive import MANIFEST, read_docker_archive, write_docker_archive
-from nixlayer.formats.files import folder_files, tar_files
+from nixlayer.formats.files import archive_files, folder_files
 from nixlayer.formats.oci import (
     INDEX,
     LAYOUT,
@@ -37,7 +37,8 @@ def _path_and_ref(value: str) -> tuple[Path, str | None]:
 
 
 def read_image(value: str, flag: str) -> SourceImage:
-    """A docker-archive, an OCI layout folder or an oci-archive, told apart by content."""
+    """A docker-archive (plain, or compressed as a whole), an OCI layout folder or an
+    oci-archive, told apart by content."""
     path, ref = _path_and_ref(value)
     if path.is_dir():
         files = folder_files(path)
@@ -46,7 +47,7 @@ def read_image(value: str, flag: str) -> SourceImage:
         return read_oci(files, ref)
     if not path.is_file():
         raise NixlayerError(f"{flag} {value}: no such image file or folder")
-    files = tar_files(path)
+    files = archive_files(path)
     if files.has(INDEX) and files.has(LAYOUT):
         return read_oci(files, ref)
     if files.has(MANIFEST):
