@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import json
+import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -174,3 +179,60 @@ def test_inspect_and_from_read_a_compressed_docker_archive(
     skopeo_copy_to_oci(out, tmp_path / "oci")
     rootfs = umoci_unpack(tmp_path / "oci", "test", tmp_path / "bundle")
     assert compare_tree(rootfs, fixture_store.root, fixture_store.paths) == []
+
+
+def _tar(members: list[tuple[str, bytes]]) -> bytes:
+    """A tar of regular files with exactly these names, as a hostile tool could write."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _docker_archive_with_layer(target: Path, layer: bytes, compress: bool) -> str:
+    """A docker-archive of one layer (gzip-compressed, as some tools store it, when
+    ``compress``); returns the layer's diff_id."""
+    diff_id = f"sha256:{hashlib.sha256(layer).hexdigest()}"
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()  # fmt: skip
+    stored = gzip.compress(layer, mtime=0) if compress else layer
+    manifest = json.dumps([{"Config": "config.json", "RepoTags": ["evil:1"],
+                            "Layers": ["layer.tar"]}]).encode()  # fmt: skip
+    target.write_bytes(
+        _tar([("layer.tar", stored), ("config.json", config), ("manifest.json", manifest)])
+    )
+    return diff_id
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize(
+    ("members", "said"),
+    [
+        ([("/etc/passwd", b"root")], "unsafe member name /etc/passwd"),
+        ([("a", b""), ("../../outside", b"x")], "unsafe member name ../../outside"),
+        ([("etc/motd", b"1"), ("etc/motd", b"2")], "holds etc/motd twice"),
+    ],
+    ids=["absolute", "dotdot", "twice"],
+)
+def test_a_base_layer_with_unsafe_names_is_refused(
+    members: list[tuple[str, bytes]],
+    said: str,
+    compress: bool,
+    top_closure: Path,
+    fixture_store: FixtureStore,
+    tmp_path: Path,
+) -> None:
+    base = tmp_path / "evil.tar"
+    diff_id = _docker_archive_with_layer(base, _tar(members), compress)
+    out = tmp_path / "top.tar"
+    result = run_nixlayer(
+        "from-closure", top_closure, "--store-root", fixture_store.root, "-o", out,
+        "--from", base,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.decode() == f"nixlayer: error: {base}: layer {diff_id}: {said}\n"
+    assert not out.exists()
+    assert os.listdir(tmp_path) == ["evil.tar"]

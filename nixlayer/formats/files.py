@@ -3,34 +3,22 @@ as members of one tar (a docker-archive or oci-archive), read without unpacking.
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
 import shutil
 import tarfile
 import tempfile
-import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
+from nixlayer.blobs import READ_ERRORS, Opener, decompressing, reopenable
 from nixlayer.errors import NixlayerError
-
-Opener = Callable[[], IO[bytes]]
 
 _MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 _CHUNK = 1 << 20
-# What reading a damaged or truncated (compressed) tar can raise.
-READ_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # gzip.BadGzipFile is one
-    EOFError,
-    zlib.error,
-    tarfile.TarError,
-    ValueError,  # zstandard.ZstdError is one
-)
 
 
 class _Slice(io.RawIOBase):
@@ -133,18 +121,6 @@ def compression_of(opener: Opener) -> str | None:
     return next((name for prefix, name in _MAGIC.items() if magic.startswith(prefix)), None)
 
 
-def decompressing(source: IO[bytes], compression: str | None) -> IO[bytes]:
-    """A reader of the uncompressed bytes; several gzip members or zstd frames in a
-    row are one stream, as consumers read them."""
-    if compression == "gzip":
-        return gzip.GzipFile(fileobj=source, mode="rb")
-    if compression == "zstd":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
-    return source
-
-
 def decompressed_copy(path: Path, compression: str) -> IO[bytes]:
     """An archive compressed as a whole, decompressed into an anonymous temporary file
     (its members are read in place by offset): it vanishes when closed, or with the
@@ -158,11 +134,6 @@ def decompressed_copy(path: Path, compression: str) -> IO[bytes]:
         copy.close()
         raise
     return copy
-
-
-def reopenable(file: IO[bytes]) -> Path:
-    """A path that opens ``file`` anew, although it may have no name (Linux)."""
-    return Path(f"/proc/self/fd/{file.fileno()}")
 
 
 def archive_files(path: Path) -> ImageFiles:
