@@ -780,3 +780,27 @@ def test_existing_file_is_replaced_atomically(tmp_path: Path) -> None:
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
     assert verify_image(str(out)).ok
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("before", ["no-folder", "empty-folder", "layout"])
+def test_a_failed_oci_write_removes_what_it_created(tmp_path: Path, before: str) -> None:
+    """A store path missing on disk stops the build after other layers were written:
+    a layout that was not there before goes again (with the folders made for it),
+    an empty folder is left empty, and an existing layout keeps what it had."""
+    store = _small_store(tmp_path)
+    target = tmp_path / "out"
+    out = target / "sub" / "image" if before == "no-folder" else target
+    if before == "empty-folder":
+        target.mkdir()
+    if before == "layout":
+        assert store.build(out, "--format", "oci", "--no-cache").returncode == 0
+    store.add("gone", "2")  # in the closure, not on disk
+    store.closure()
+    kept = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = store.build(out, "--format", "oci", "--no-cache")
+    _input_error(result, "does not exist on disk")
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    if before == "layout":  # blobs finished before the error may stay
+        assert set(kept) <= set(after) and (target / "index.json").is_file()
+    else:
+        assert after == kept

@@ -6,8 +6,10 @@ image manifests, whose layers carry their own media types and compressed digests
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -191,6 +193,29 @@ def _layer_blob(
     return made, False
 
 
+def _created_by_us(folder: Path) -> list[Path]:
+    """What a failed first write into ``folder`` must remove so that nothing of it
+    stays: the highest of its folders that does not exist yet, or what an empty
+    ``folder`` will hold. Anything else is kept: an existing layout (its blobs are
+    complete and may be shared), and what ``_start_layout`` refuses to write into."""
+    missing = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
+    if missing:
+        return [missing[-1]]
+    with contextlib.suppress(OSError):  # unreadable: _start_layout says so
+        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+            return [folder / LAYOUT, folder / "blobs"]
+    return []
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
 def _start_layout(folder: Path) -> None:
     """A new layout, or one that is there already; never a folder with other things."""
     if folder.exists() and not folder.is_dir():
@@ -245,8 +270,25 @@ def write_oci_layout(
 
     Layers are independent, so they are made in parallel (hashing and compression
     release the GIL); each is compressed on its own, so the bytes do not depend on
-    how many run at once.
+    how many run at once. If it fails, a layout that was not there before is
+    removed again (see ``_created_by_us``).
     """
+    created = _created_by_us(folder)
+    try:
+        return _write_layout(spec, folder, compression, cache, on_bytes, on_layer)
+    except BaseException:
+        _remove(created)
+        raise
+
+
+def _write_layout(
+    spec: ImageSpec,
+    folder: Path,
+    compression: Compression,
+    cache: LayerCache,
+    on_bytes: Progress,
+    on_layer: Callable[[], None],
+) -> WrittenLayout:
     _start_layout(folder)
     mtime = spec.settings.mtime
 
