@@ -192,3 +192,37 @@ def test_sigkill_before_a_first_image_leaves_no_destination(
     assert code == -signal.SIGKILL
     assert not out.exists()
     assert [name for name in os.listdir(tmp_path) if not name.startswith(".nixlayer-")] == []
+
+
+def test_sigterm_stops_layers_being_compressed(tmp_path: Path) -> None:
+    """Two layers of slow-to-compress data (random hex at zstd level 19, seconds
+    each): SIGTERM once their first compressed bytes are on disk stops both at
+    their next buffer, instead of waiting for them to finish."""
+    root = tmp_path / "root"
+    paths = [f"{STORE}/{c * 32}-slow-{c}" for c in "56"]
+    for path in paths:
+        on_disk = root / path.lstrip("/")
+        on_disk.mkdir(parents=True)
+        with (on_disk / "data").open("wb") as file:
+            for _ in range(48):
+                file.write(os.urandom(1 << 19).hex().encode())
+    closure = BigStore._closure(tmp_path / "slow.json", paths)
+    out = tmp_path / "out" / "image"
+    command = [
+        *nixlayer_command(), "from-closure", str(closure), "--store-root", str(root),
+        "-o", str(out), "--format", "oci", "--compress", "zstd", "--compress-level", "19",
+        "--no-cache", "-q",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while _temporary_bytes(out) < 1 << 20 and time.monotonic() < deadline:
+        assert process.poll() is None, "the build ended before it could be interrupted"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, stderr = process.communicate(timeout=120)
+    took = time.monotonic() - sent
+    assert process.returncode == 130, stderr
+    assert stderr.decode() == "nixlayer: error: interrupted\n"
+    assert not (tmp_path / "out").exists()  # a first write leaves nothing behind
+    assert took < 2, f"{took:.1f} s from the signal to the exit"

@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -106,6 +107,10 @@ CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 LAYOUT_CONTENT = b'{"imageLayoutVersion":"1.0.0"}'
 WORKERS = 2
+
+
+class _Stopped(Exception):
+    """A layer abandoned because the write as a whole failed or was interrupted."""
 
 
 @dataclass(frozen=True)
@@ -292,13 +297,26 @@ def _write_layout(
     _start_layout(folder)
     mtime = spec.settings.mtime
 
+    stop = threading.Event()
+
+    def progress(count: int) -> None:
+        """Called between buffers: where a layer stops once another has failed."""
+        if stop.is_set():
+            raise _Stopped
+        on_bytes(count)
+
     def one(layer: Layer) -> tuple[CachedLayer, bool]:
-        result = _layer_blob(layer, folder, mtime, compression, cache, on_bytes)
+        result = _layer_blob(layer, folder, mtime, compression, cache, progress)
         on_layer()
         return result
 
     with ThreadPoolExecutor(WORKERS) as pool:
-        results = list(pool.map(one, spec.all_layers))
+        try:
+            results = list(pool.map(one, spec.all_layers))
+        except BaseException:  # an error, Ctrl-C or SIGTERM: stop the others, not wait
+            stop.set()
+            pool.shutdown(cancel_futures=True)
+            raise
     layers = tuple(layer for layer, _ in results)
     config = config_json(spec, [layer.diff_id.removeprefix("sha256:") for layer in layers])
     config_digest = _put_blob(folder, config)
