@@ -213,11 +213,12 @@ def _created_by_us(folder: Path) -> list[Path]:
 
 
 def _remove(paths: list[Path]) -> None:
+    """Best effort, while another error is on its way: it must not hide that one."""
     for path in paths:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 path.unlink()
 
 
