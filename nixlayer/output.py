@@ -29,20 +29,66 @@ def _umask() -> int:
     return mask
 
 
+# Where O_TMPFILE is not supported (by the kernel: EISDIR, or the file system).
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+
+
+def _anonymous_file(folder: str | Path) -> int | None:
+    """A file without a name in ``folder`` (Linux O_TMPFILE): if the process dies, even
+    by SIGKILL, it vanishes with it. None where the system cannot make one."""
+    if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.open(folder, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        if error.errno in _NO_TMPFILE:
+            return None
+        raise
+
+
 class PendingFile:
-    """A file written under a temporary name in its final folder, so that publishing
-    it is one atomic rename; discarded unless published."""
+    """A file written in its final folder, so that publishing it is one atomic rename;
+    discarded unless published.
+
+    It has no name until published where the system allows (``_anonymous_file``), so
+    that not even ``kill -9`` leaves it behind; elsewhere it has a temporary name
+    (``.nixlayer-*.tmp``) from the start.
+    """
 
     def __init__(self, folder: str | Path) -> None:
-        fd, self.temporary = tempfile.mkstemp(dir=folder, prefix=".nixlayer-", suffix=".tmp")
+        self.folder = folder
+        fd = _anonymous_file(folder)
+        self.temporary: str | None = None
+        if fd is None:
+            fd, self.temporary = tempfile.mkstemp(dir=folder, prefix=".nixlayer-", suffix=".tmp")
         self.file: BinaryIO = open(fd, "wb", buffering=_BUFFER)  # noqa: SIM115
         self.published = False
 
     def publish(self, destination: str | Path) -> None:
+        self.file.flush()
+        os.fchmod(self.file.fileno(), 0o666 & ~_umask())
+        if self.temporary is None:
+            self.temporary = self._link()
         self.file.close()
-        os.chmod(self.temporary, 0o666 & ~_umask())
         os.replace(self.temporary, destination)
         self.published = True
+
+    def _link(self) -> str:
+        """A temporary name for the anonymous file, for as long as the rename takes:
+        ``linkat`` cannot replace a file, ``rename`` can. A directory descriptor makes
+        Python call ``linkat`` (which follows the ``/proc`` link), not ``link``."""
+        folder = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            while True:
+                name = f".nixlayer-{os.urandom(8).hex()}.tmp"
+                source = f"/proc/self/fd/{self.file.fileno()}"
+                try:
+                    os.link(source, name, dst_dir_fd=folder, follow_symlinks=True)
+                except FileExistsError:
+                    continue
+                return os.path.join(self.folder, name)
+        finally:
+            os.close(folder)
 
     def discard(self) -> None:
         """Remove the file unless published. Closing flushes the buffer, which fails
@@ -52,8 +98,9 @@ class PendingFile:
             return
         with contextlib.suppress(OSError):
             self.file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.temporary)
+        if self.temporary is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temporary)
 
 
 @contextmanager
