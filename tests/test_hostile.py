@@ -338,17 +338,22 @@ def _realistic_entries(count: int) -> list[dict[str, Any]]:
     ]
 
 
-def test_large_input_memory_is_linear_in_its_size(tmp_path: Path) -> None:
+def test_large_input_memory_stays_below_the_input_size(tmp_path: Path) -> None:
     """A 1 GB closure is not made here; instead the peak memory of reading 6 MB and
-    24 MB is measured: the growth is a constant multiple of the input (about 3.5: the
-    text, then Python objects for every field), not more. So a 1 GB input needs about
-    3.5 GB, and fails with MemoryError beyond that; nixlayer does not stream JSON."""
-    ratios = []
+    24 MB of realistic path-info is measured. The file streams through the reader
+    (nixlayer/jsonstream.py), which keeps of each entry only what it uses, and each
+    store path's name once: each further byte of input costs less than 1.6 bytes
+    (the closure itself is most of it), where ``json.loads`` cost 3.4, and the peak
+    stays below twice the file. Measured on 1 GB: see the commit that made the
+    reader stream."""
+    sizes, growths = [], []
     for count in (8_000, 32_000):
         target = _closure_file(tmp_path, _realistic_entries(count))
-        ratios.append(_peak_growth(target) / target.stat().st_size)
-    assert all(ratio < 5 for ratio in ratios), ratios
-    assert ratios[1] < ratios[0] * 1.5, ratios
+        sizes.append(target.stat().st_size)
+        growths.append(_peak_growth(target))
+    per_byte = (growths[1] - growths[0]) / (sizes[1] - sizes[0])
+    assert per_byte < 1.6, (sizes, growths)
+    assert growths[1] < 2 * sizes[1], (sizes, growths)
 
 
 # --- store trees through the CLI ----------------------------------------------------
