@@ -64,29 +64,49 @@ class PendingFile:
         self.file: BinaryIO = open(fd, "wb", buffering=_BUFFER)  # noqa: SIM115
         self.published = False
 
-    def publish(self, destination: str | Path) -> None:
+    def publish(self, destination: str | Path, clobber: bool = True) -> None:
+        """Give the file its final name, in one step: replacing what is there, or,
+        unless ``clobber``, only if nothing is (else ``FileExistsError``, and the
+        file at ``destination`` is untouched)."""
         self.file.flush()
         os.fchmod(self.file.fileno(), 0o666 & ~_umask())
+        if not clobber:
+            self._publish_new(destination)
+            return
         if self.temporary is None:
             self.temporary = self._link()
         self.file.close()
         os.replace(self.temporary, destination)
         self.published = True
 
-    def _link(self) -> str:
-        """A temporary name for the anonymous file, for as long as the rename takes:
-        ``linkat`` cannot replace a file, ``rename`` can. A directory descriptor makes
-        Python call ``linkat`` (which follows the ``/proc`` link), not ``link``."""
+    def _publish_new(self, destination: str | Path) -> None:
+        """``link`` fails where a name exists: never a window in which the other file
+        could be lost, as checking first and renaming then would have."""
+        if self.temporary is None:
+            self._link(os.path.basename(destination))
+        else:
+            os.link(self.temporary, destination)
+            os.unlink(self.temporary)
+        self.file.close()
+        self.published = True
+
+    def _link(self, name: str | None = None) -> str:
+        """A name for the anonymous file in its folder: ``name``, or a new temporary
+        one, for as long as the rename takes (``linkat`` cannot replace a file,
+        ``rename`` can). A directory descriptor makes Python call ``linkat`` (which
+        follows the ``/proc`` link), not ``link``."""
         folder = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        source = f"/proc/self/fd/{self.file.fileno()}"
         try:
             while True:
-                name = f".nixlayer-{os.urandom(8).hex()}.tmp"
-                source = f"/proc/self/fd/{self.file.fileno()}"
+                chosen = name or f".nixlayer-{os.urandom(8).hex()}.tmp"
                 try:
-                    os.link(source, name, dst_dir_fd=folder, follow_symlinks=True)
+                    os.link(source, chosen, dst_dir_fd=folder, follow_symlinks=True)
                 except FileExistsError:
+                    if name:
+                        raise
                     continue
-                return os.path.join(self.folder, name)
+                return os.path.join(self.folder, chosen)
         finally:
             os.close(folder)
 
@@ -129,10 +149,14 @@ def in_nix_build() -> bool:
 
 
 @contextmanager
-def atomic_output(destination: str, flag: str = "-o") -> Iterator[BinaryIO]:
+def atomic_output(destination: str, flag: str = "-o", clobber: bool = True) -> Iterator[BinaryIO]:
     """A buffered file that appears at ``destination`` only once it is complete;
     ``-`` streams to stdout instead. Inside a Nix build the file is written in place:
-    a temporary name beside ``$out`` would be a write into the store."""
+    a temporary name beside ``$out`` would be a write into the store. Unless
+    ``clobber``, an existing file is refused, before a byte is written and again, atomically,
+    when the new one takes its name."""
+    if not clobber and destination != STDOUT and os.path.lexists(destination):
+        raise refuse_existing(destination, flag)
     if destination == STDOUT or in_nix_build():
         with _plain_output(destination) as out:
             yield out
@@ -144,7 +168,14 @@ def atomic_output(destination: str, flag: str = "-o") -> Iterator[BinaryIO]:
         raise NixlayerError(f"{flag} {destination}: is a folder, not a file")
     with pending_file(folder, flag) as pending:
         yield pending.file
-        pending.publish(destination)
+        try:
+            pending.publish(destination, clobber)
+        except FileExistsError:
+            raise refuse_existing(destination, flag) from None
+
+
+def refuse_existing(destination: str | Path, flag: str = "-o") -> NixlayerError:
+    return NixlayerError(f"{flag} {destination}: exists already, and --no-clobber was given")
 
 
 @contextmanager

@@ -32,6 +32,7 @@ import pytest
 from consumers import layer_members, nixlayer_command, read_docker_archive, run_nixlayer
 
 from nixlayer.errors import NixlayerError
+from nixlayer.output import atomic_output
 from nixlayer.plan import make_plan
 from nixlayer.readers import read_closure
 from nixlayer.store import store_layer_entries
@@ -809,3 +810,30 @@ def test_a_failed_oci_write_removes_what_it_created(tmp_path: Path, before: str)
         assert set(kept) <= set(after) and (target / "index.json").is_file()
     else:
         assert after == kept
+
+
+@pytest.mark.parametrize("image_format", ["docker-archive", "oci", "oci-archive"])
+def test_no_clobber_refuses_an_existing_image(tmp_path: Path, image_format: str) -> None:
+    store = _small_store(tmp_path, 1024)
+    out = _destination(tmp_path, image_format)
+    assert store.build(out, "--format", image_format, "--no-cache").returncode == 0
+    before = sorted((p, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file())
+    result = store.build(out, "--format", image_format, "--no-clobber", "--no-cache")
+    _input_error(result, f"-o {out}", "exists already")
+    assert sorted((p, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()) == before
+    fresh = tmp_path / "fresh" / out.name
+    fresh.parent.mkdir()
+    assert store.build(fresh, "--format", image_format, "--no-clobber").returncode == 0
+    assert verify_image(str(fresh)).ok
+
+
+def test_no_clobber_holds_when_the_file_appears_during_the_write(tmp_path: Path) -> None:
+    """The check before the write is not the only one: a file that appears meanwhile
+    is kept, and the new one is dropped, because the name is taken by ``link``."""
+    out = tmp_path / "image.tar"
+    refused = pytest.raises(NixlayerError, match="exists already")
+    with refused, atomic_output(str(out), clobber=False) as file:
+        file.write(b"new")
+        out.write_bytes(b"someone else's")
+    assert out.read_bytes() == b"someone else's"
+    assert os.listdir(tmp_path) == ["image.tar"]
