@@ -6,6 +6,8 @@ import contextlib
 import errno
 import functools
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -140,6 +142,43 @@ def pending_file(folder: str | Path, flag: str = "-o") -> Iterator[PendingFile]:
         raise NixlayerError(f"{flag} {folder}: cannot write there: {e.strerror}") from None
     finally:
         pending.discard()
+
+
+# Waits for its standard input to close, which happens when the process that holds
+# the other end exits, however it ends, then removes the folder it was given.
+_REMOVE_WHEN_ORPHANED = (
+    "import shutil, sys; sys.stdin.buffer.read(); shutil.rmtree(sys.argv[1], ignore_errors=True)"
+)
+
+
+@contextmanager
+def scratch_folder(parent: str | Path) -> Iterator[Path]:
+    """A new folder for work files in ``parent``, removed at the end, and even if this
+    process is killed (``kill -9`` included): a small watcher process, in a session of
+    its own so that signals to this one's group do not reach it, removes it then.
+    A folder cannot be nameless like a file (see ``_anonymous_file``)."""
+    folder = tempfile.mkdtemp(dir=parent, prefix=".nixlayer-")
+    watcher = _watch(folder)
+    try:
+        yield Path(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if watcher is not None:
+            watcher.communicate()  # closes its input: it finds nothing left, and ends
+
+
+def _watch(folder: str) -> subprocess.Popen[bytes] | None:
+    """The watcher of ``scratch_folder``; None if it cannot start (best effort)."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _REMOVE_WHEN_ORPHANED, folder],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:
+        return None
 
 
 def in_nix_build() -> bool:

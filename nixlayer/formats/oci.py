@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +32,7 @@ from nixlayer.image import (
     qualified_name,
 )
 from nixlayer.layers import BlobLayer, Layer
-from nixlayer.output import pending_file
+from nixlayer.output import pending_file, scratch_folder
 from nixlayer.store import walk_tree
 from nixlayer.tarwriter import WRITER_THREAD, lay_out, write_layer
 
@@ -368,7 +367,7 @@ def write_oci_archive(
     A tar member's size comes before its bytes, and a compressed layer's size is
     known only once it is compressed: the layout is built in ``scratch`` first.
     """
-    with tempfile.TemporaryDirectory(dir=scratch, prefix=".nixlayer-") as temporary:
+    with scratch_folder(scratch) as temporary:
         folder = Path(temporary, "layout")
         layout = write_oci_layout(spec, folder, compression, LayerCache(None), on_bytes, on_layer)
         (folder / MANIFEST).write_bytes(docker_manifest(layout))
