@@ -156,9 +156,10 @@ def scratch_folder(parent: str | Path) -> Iterator[Path]:
     """A new folder for work files in ``parent``, removed at the end, and even if this
     process is killed (``kill -9`` included): a small watcher process, in a session of
     its own so that signals to this one's group do not reach it, removes it then.
-    A folder cannot be nameless like a file (see ``_anonymous_file``)."""
+    A folder cannot be nameless like a file (see ``_anonymous_file``). Inside a Nix
+    build there is no watcher: the folder is in the build's own temporary folder."""
     folder = tempfile.mkdtemp(dir=parent, prefix=".nixlayer-")
-    watcher = _watch(folder)
+    watcher = None if in_nix_build() else _watch(folder)  # Nix removes its $TMPDIR
     try:
         yield Path(folder)
     finally:
