@@ -14,12 +14,13 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from nixlayer.compression import Compression
+from nixlayer.errors import NixlayerError
+from nixlayer.output import pending_file
 from nixlayer.tarwriter import TAR_FORMAT
 
 CACHE_FORMAT = 1
@@ -84,15 +85,11 @@ class LayerCache:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        except OSError:
+            with pending_file(path.parent) as pending:  # no leftover even after kill -9
+                pending.file.write(json.dumps(asdict(layer)).encode())
+                pending.publish(path)
+        except (OSError, NixlayerError):
             return
-        try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(asdict(layer), out)
-            os.replace(temporary, path)
-        except OSError:
-            os.unlink(temporary)
 
 
 def _parse(data: Any) -> CachedLayer | None:

@@ -145,6 +145,13 @@ def from_closure(
     image_format: Annotated[
         str, typer.Option("--format", help=f"The image format: {', '.join(FORMATS)}.")
     ] = "docker-archive",
+    no_clobber: Annotated[
+        bool,
+        typer.Option(
+            "--no-clobber",
+            help="Refuse to replace an existing file (for --format oci: a folder with an image).",
+        ),
+    ] = False,
     compress: Annotated[
         str | None,
         _opt("none, gzip or zstd. Default: gzip layers for OCI, none for docker-archive."),
@@ -262,6 +269,7 @@ def from_closure(
             cache,
             progress.update,
             progress.layer_done,
+            clobber=not o.no_clobber,
         )
     _note(f"wrote {summary}", o.quiet)
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
+from nixlayer.blobs import READ_ERRORS, decompressing, read_layer, reopenable
 from nixlayer.errors import NixlayerError
 from nixlayer.store import Entry, store_layer_entries
 from nixlayer.tarwriter import Emit, LayerLayout, lay_out, write_layer
@@ -103,7 +103,10 @@ class BlobLayer:
 
     A compressed blob is decompressed once into a temporary file, since an
     archive needs the uncompressed size before the bytes; its diff_id is checked
-    on the way, so that a corrupt base image stops the build.
+    on the way, so that a corrupt base image stops the build. Its tar is read
+    member by member before it is copied, as ``verify`` reads one: a name that is
+    absolute, climbs with ``..`` or comes twice would reach whoever unpacks the new
+    image, so it stops the build too.
     """
 
     diff_id: str
@@ -123,17 +126,28 @@ class BlobLayer:
 
     def prepare(self, mtime: int) -> PreparedLayer:
         if self.compression is None:
+            self._check_tar(self.open)
             return _Blob(self, self.open, self.blob_size)
         spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed once streamed)
         digest = _copy_decompressed(self, spool)
         self.check(digest)
         size = spool.tell()
+        spool.flush()
+        self._check_tar(lambda: reopenable(spool).open("rb"))
 
         def reopen() -> IO[bytes]:
             spool.seek(0)
             return spool
 
         return _Blob(self, reopen, size)
+
+    def _check_tar(self, opener: Callable[[], IO[bytes]]) -> None:
+        """The uncompressed tar, read through once: its diff_id and its members."""
+        read = read_layer(opener, None, f"layer {self.diff_id}")
+        if read.problems:
+            more = f" (and {len(read.problems) - 1} more)" if len(read.problems) > 1 else ""
+            raise NixlayerError(f"{self.source}: {read.problems[0]}{more}")
+        self.check(read.digest.removeprefix("sha256:"))
 
     def identity(self, mtime: int) -> dict[str, Any] | None:
         return {"diff_id": self.diff_id}
@@ -143,24 +157,15 @@ class BlobLayer:
             raise NixlayerError(f"{self.source}: layer {self.diff_id} does not match its diff_id")
 
 
-def _decompressor(compression: str) -> Any:
-    if compression == "gzip":
-        return zlib.decompressobj(wbits=47)
-    import zstandard
-
-    return zstandard.ZstdDecompressor().decompressobj()
-
-
 def _copy_decompressed(layer: BlobLayer, out: IO[bytes]) -> str:
     digest = hashlib.sha256()
-    decompressor = _decompressor(layer.compression or "")
     try:
         with layer.open() as blob:
-            while chunk := blob.read(_CHUNK):
-                data = decompressor.decompress(chunk)
+            stream = decompressing(blob, layer.compression)
+            while data := stream.read(_CHUNK):
                 digest.update(data)
                 out.write(data)
-    except (zlib.error, OSError) as error:
+    except READ_ERRORS as error:
         raise NixlayerError(f"{layer.source}: layer {layer.diff_id} is corrupt: {error}") from None
     return digest.hexdigest()
 

@@ -6,6 +6,8 @@ import contextlib
 import errno
 import functools
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -29,20 +31,86 @@ def _umask() -> int:
     return mask
 
 
+# Where O_TMPFILE is not supported (by the kernel: EISDIR, or the file system).
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+
+
+def _anonymous_file(folder: str | Path) -> int | None:
+    """A file without a name in ``folder`` (Linux O_TMPFILE): if the process dies, even
+    by SIGKILL, it vanishes with it. None where the system cannot make one."""
+    if not hasattr(os, "O_TMPFILE") or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.open(folder, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        if error.errno in _NO_TMPFILE:
+            return None
+        raise
+
+
 class PendingFile:
-    """A file written under a temporary name in its final folder, so that publishing
-    it is one atomic rename; discarded unless published."""
+    """A file written in its final folder, so that publishing it is one atomic rename;
+    discarded unless published.
+
+    It has no name until published where the system allows (``_anonymous_file``), so
+    that not even ``kill -9`` leaves it behind; elsewhere it has a temporary name
+    (``.nixlayer-*.tmp``) from the start.
+    """
 
     def __init__(self, folder: str | Path) -> None:
-        fd, self.temporary = tempfile.mkstemp(dir=folder, prefix=".nixlayer-", suffix=".tmp")
+        self.folder = folder
+        fd = _anonymous_file(folder)
+        self.temporary: str | None = None
+        if fd is None:
+            fd, self.temporary = tempfile.mkstemp(dir=folder, prefix=".nixlayer-", suffix=".tmp")
         self.file: BinaryIO = open(fd, "wb", buffering=_BUFFER)  # noqa: SIM115
         self.published = False
 
-    def publish(self, destination: str | Path) -> None:
+    def publish(self, destination: str | Path, clobber: bool = True) -> None:
+        """Give the file its final name, in one step: replacing what is there, or,
+        unless ``clobber``, only if nothing is (else ``FileExistsError``, and the
+        file at ``destination`` is untouched)."""
+        self.file.flush()
+        os.fchmod(self.file.fileno(), 0o666 & ~_umask())
+        if not clobber:
+            self._publish_new(destination)
+            return
+        if self.temporary is None:
+            self.temporary = self._link()
         self.file.close()
-        os.chmod(self.temporary, 0o666 & ~_umask())
         os.replace(self.temporary, destination)
         self.published = True
+
+    def _publish_new(self, destination: str | Path) -> None:
+        """``link`` fails where a name exists: never a window in which the other file
+        could be lost, as checking first and renaming then would have."""
+        if self.temporary is None:
+            self._link(os.path.basename(destination))
+        else:
+            os.link(self.temporary, destination)
+            os.unlink(self.temporary)
+        self.file.close()
+        self.published = True
+
+    def _link(self, name: str | None = None) -> str:
+        """A name for the anonymous file in its folder: ``name``, or a new temporary
+        one, for as long as the rename takes (``linkat`` cannot replace a file,
+        ``rename`` can). A directory descriptor makes Python call ``linkat`` (which
+        follows the ``/proc`` link), not ``link``."""
+        folder = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        source = f"/proc/self/fd/{self.file.fileno()}"
+        try:
+            while True:
+                chosen = name or f".nixlayer-{os.urandom(8).hex()}.tmp"
+                try:
+                    os.link(source, chosen, dst_dir_fd=folder, follow_symlinks=True)
+                except FileExistsError:
+                    if name:
+                        raise
+                    continue
+                return os.path.join(self.folder, chosen)
+        finally:
+            os.close(folder)
 
     def discard(self) -> None:
         """Remove the file unless published. Closing flushes the buffer, which fails
@@ -52,8 +120,9 @@ class PendingFile:
             return
         with contextlib.suppress(OSError):
             self.file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.temporary)
+        if self.temporary is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.temporary)
 
 
 @contextmanager
@@ -75,6 +144,44 @@ def pending_file(folder: str | Path, flag: str = "-o") -> Iterator[PendingFile]:
         pending.discard()
 
 
+# Waits for its standard input to close, which happens when the process that holds
+# the other end exits, however it ends, then removes the folder it was given.
+_REMOVE_WHEN_ORPHANED = (
+    "import shutil, sys; sys.stdin.buffer.read(); shutil.rmtree(sys.argv[1], ignore_errors=True)"
+)
+
+
+@contextmanager
+def scratch_folder(parent: str | Path) -> Iterator[Path]:
+    """A new folder for work files in ``parent``, removed at the end, and even if this
+    process is killed (``kill -9`` included): a small watcher process, in a session of
+    its own so that signals to this one's group do not reach it, removes it then.
+    A folder cannot be nameless like a file (see ``_anonymous_file``). Inside a Nix
+    build there is no watcher: the folder is in the build's own temporary folder."""
+    folder = tempfile.mkdtemp(dir=parent, prefix=".nixlayer-")
+    watcher = None if in_nix_build() else _watch(folder)  # Nix removes its $TMPDIR
+    try:
+        yield Path(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if watcher is not None:
+            watcher.communicate()  # closes its input: it finds nothing left, and ends
+
+
+def _watch(folder: str) -> subprocess.Popen[bytes] | None:
+    """The watcher of ``scratch_folder``; None if it cannot start (best effort)."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _REMOVE_WHEN_ORPHANED, folder],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError:
+        return None
+
+
 def in_nix_build() -> bool:
     """Inside a Nix builder, which may write only ``$out`` and ``$TMPDIR``, and whose
     outputs Nix itself discards when the build fails."""
@@ -82,10 +189,14 @@ def in_nix_build() -> bool:
 
 
 @contextmanager
-def atomic_output(destination: str, flag: str = "-o") -> Iterator[BinaryIO]:
+def atomic_output(destination: str, flag: str = "-o", clobber: bool = True) -> Iterator[BinaryIO]:
     """A buffered file that appears at ``destination`` only once it is complete;
     ``-`` streams to stdout instead. Inside a Nix build the file is written in place:
-    a temporary name beside ``$out`` would be a write into the store."""
+    a temporary name beside ``$out`` would be a write into the store. Unless
+    ``clobber``, an existing file is refused, before a byte is written and again, atomically,
+    when the new one takes its name."""
+    if not clobber and destination != STDOUT and os.path.lexists(destination):
+        raise refuse_existing(destination, flag)
     if destination == STDOUT or in_nix_build():
         with _plain_output(destination) as out:
             yield out
@@ -97,7 +208,14 @@ def atomic_output(destination: str, flag: str = "-o") -> Iterator[BinaryIO]:
         raise NixlayerError(f"{flag} {destination}: is a folder, not a file")
     with pending_file(folder, flag) as pending:
         yield pending.file
-        pending.publish(destination)
+        try:
+            pending.publish(destination, clobber)
+        except FileExistsError:
+            raise refuse_existing(destination, flag) from None
+
+
+def refuse_existing(destination: str | Path, flag: str = "-o") -> NixlayerError:
+    return NixlayerError(f"{flag} {destination}: exists already, and --no-clobber was given")
 
 
 @contextmanager

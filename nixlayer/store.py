@@ -176,3 +176,60 @@ def with_disk_nar_sizes(closure: Closure, store_root: bytes) -> Closure:
         for path, sp in closure.paths.items()
     }
     return replace(closure, paths=paths)
+
+
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO swapped in for a file must not block the read (it reads empty).
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+class TreeFiles:
+    """Opens the files of a layer for reading without following any symlink below the
+    top of the tree they were walked in, even one swapped in for a directory after
+    the walk: each file is opened relative to a descriptor of its directory, and each
+    directory relative to its parent's, all with O_NOFOLLOW.
+
+    ``walked`` holds the disk paths of the directories the walk listed (the layer's
+    directory entries); the highest of a file's folders among them is the top of its
+    walk, opened by path (the user named the way to it). The descriptors form a
+    stack from there down to the current folder: members come sorted by name, so
+    the next file's folder is mostly this one or close to it.
+    """
+
+    def __init__(self, walked: set[bytes]) -> None:
+        self._walked = walked
+        self._stack: list[tuple[bytes, int]] = []
+
+    def open(self, disk_path: bytes) -> int:
+        parent, _, name = disk_path.rpartition(b"/")
+        if parent not in self._walked:  # the top of a walk, or a file nixlayer names
+            return os.open(disk_path, FILE_FLAGS)
+        stack = self._stack
+        folder = stack[-1][1] if stack and stack[-1][0] == parent else self._enter(parent)
+        return os.open(name, FILE_FLAGS, dir_fd=folder)
+
+    def _enter(self, folder: bytes) -> int:
+        """A descriptor of ``folder``, keeping those of its open ancestors."""
+        stack = self._stack
+        while stack and stack[-1][0] != folder and not folder.startswith(stack[-1][0] + b"/"):
+            os.close(stack.pop()[1])
+        if not stack:
+            top = folder
+            while (up := top.rpartition(b"/")[0]) in self._walked:
+                top = up
+            stack.append((top, os.open(top, _DIRECTORY_FLAGS)))
+        below = folder[len(stack[-1][0]) + 1 :]
+        for part in below.split(b"/") if below else ():
+            path, fd = stack[-1]
+            stack.append((path + b"/" + part, os.open(part, _DIRECTORY_FLAGS, dir_fd=fd)))
+        return stack[-1][1]
+
+    def close(self) -> None:
+        while self._stack:
+            os.close(self._stack.pop()[1])
+
+    def __enter__(self) -> TreeFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

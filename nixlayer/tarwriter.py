@@ -9,6 +9,7 @@ is under our control: no uid, user name, host mtime or umask leaks in.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import queue
@@ -20,7 +21,7 @@ from operator import attrgetter
 from zlib import adler32
 
 from nixlayer.errors import NixlayerError
-from nixlayer.store import Entry, Kind
+from nixlayer.store import Entry, Kind, TreeFiles
 
 TAR_FORMAT = 1  # bump whenever the bytes written for the same entries change
 BLOCK = 512
@@ -303,7 +304,9 @@ def write_layer(
         on_bytes(len(data))
 
     threaded = WRITER_THREAD.get() and _large_data(layout) >= _THREADED_FROM
-    with _Buffers(hashed, write, threaded) as out:
+    walked = {m.entry.disk_path for m in layout.members if m.entry.kind is Kind.DIRECTORY}
+    walked.discard(b"")
+    with TreeFiles(walked) as files, _Buffers(hashed, write, threaded, files) as out:
         for member in layout.members:
             out.add_member(_member_header(member, layout.mtime), member)
         out.add(END_OF_ARCHIVE)
@@ -338,9 +341,12 @@ class _Buffers:
     filling stops early, buffers not yet written are dropped.
     """
 
-    def __init__(self, hashed: Callable[[memoryview], None], write: Emit, threaded: bool) -> None:
+    def __init__(
+        self, hashed: Callable[[memoryview], None], write: Emit, threaded: bool, files: TreeFiles
+    ) -> None:
         self._hashed = hashed
         self._write = write
+        self._files = files
         self._view = _take_buffer()
         self._used = 0
         self._error: BaseException | None = None
@@ -430,10 +436,7 @@ class _Buffers:
             return
         view = self._view
         entry = member.entry
-        try:
-            fd = os.open(entry.disk_path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as e:
-            raise NixlayerError(f"{_show(entry)}: cannot read it: {e.strerror}") from None
+        fd = self._open(entry)
         try:
             count = os.readv(fd, (view[start : end + 1],))
             if count != size:
@@ -452,20 +455,30 @@ class _Buffers:
         self._used = padded
 
     def add_file(self, entry: Entry) -> None:
-        """Exactly ``entry.size`` bytes, never following a symlink swapped in.
+        """Exactly ``entry.size`` bytes.
 
         Each read asks for one byte more than is left, where the buffer has room: a
         file that grew fills it, and one that has not returns short (a regular file
         reads short only at its end), which saves a read to see the end.
         """
-        try:
-            fd = os.open(entry.disk_path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as e:
-            raise NixlayerError(f"{_show(entry)}: cannot read it: {e.strerror}") from None
+        fd = self._open(entry)
         try:
             self._read(fd, entry, entry.size)
         finally:
             os.close(fd)
+
+    def _open(self, entry: Entry) -> int:
+        """The file, never through a symlink swapped in for it or a folder on its way
+        since the walk (see ``TreeFiles``)."""
+        try:
+            return self._files.open(entry.disk_path)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise NixlayerError(
+                    f"{_show(entry)}: it or a folder on its way was replaced while it was "
+                    "being read (symlinks are never followed)"
+                ) from None
+            raise NixlayerError(f"{_show(entry)}: cannot read it: {e.strerror}") from None
 
     def _read(self, fd: int, entry: Entry, remaining: int) -> None:
         """The ``remaining`` bytes of an open file, and a check that no more follow."""

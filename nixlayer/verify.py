@@ -16,24 +16,26 @@ an image at all raises ``NixlayerError``.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
 import json
 import os
 import re
-import shutil
 import tarfile
-import tempfile
-import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
+from nixlayer.blobs import BlobRead, read_blob, read_layer, reopenable
 from nixlayer.errors import NixlayerError
-from nixlayer.formats.files import ImageFiles, Opener, folder_files, tar_files
+from nixlayer.formats.files import (
+    READ_ERRORS,
+    ImageFiles,
+    compression_of,
+    decompressed_copy,
+    folder_files,
+    tar_files,
+)
 
 MANIFEST = "manifest.json"
 INDEX = "index.json"
@@ -45,7 +47,6 @@ _CHUNK = 1 << 20
 _MAX_DEPTH = 4  # nested indexes followed; deeper ones are reported, not followed
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
-_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 _MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -107,29 +108,31 @@ def verify_image(path: str) -> VerifyReport:
         return _verify_layout(path, folder_files(location), "oci")
     if not location.is_file():
         raise NixlayerError(f"{path}: no such image file or folder")
-    compression = _sniff(location)
+    compression = compression_of(partial(location.open, "rb"))
     if compression is None:
         return _verify_archive(path, location, None)
-    with _decompressed_copy(location, compression) as (plain, error):
-        if error is not None:
-            report = VerifyReport(path, "docker-archive", compression)
-            report.problems.append(f"the {compression} stream is corrupt: {error}")
-            return report
-        return _verify_archive(path, plain, compression)
+    try:
+        plain = decompressed_copy(location, compression)
+    except READ_ERRORS as error:
+        report = VerifyReport(path, "docker-archive", compression)
+        reason = str(error) or type(error).__name__
+        report.problems.append(f"the {compression} stream is corrupt: {reason}")
+        return report
+    with plain:
+        return _verify_archive(path, reopenable(plain), compression)
 
 
 def _verify_archive(source: str, path: Path, compression: str | None) -> VerifyReport:
     """A tar image: the archive's own structure first, then its content."""
     problems, readable = _check_archive(path)
     try:
-        files = tar_files(path)
+        files = tar_files(path, source)
     except NixlayerError as error:
         if not readable:
             raise NixlayerError(f"{source}: not a docker-archive or OCI image") from None
         report = VerifyReport(source, "docker-archive", compression, problems=problems)
         report.problems.append(str(error))
         return report
-    files = ImageFiles(source, files.files)
     if files.has(INDEX) and files.has(LAYOUT):
         report = _verify_layout(source, files, "oci-archive")
     elif files.has(MANIFEST):
@@ -144,27 +147,6 @@ def _verify_archive(source: str, path: Path, compression: str | None) -> VerifyR
 
 
 # --- the outer archive --------------------------------------------------------------
-
-
-def _sniff(path: Path) -> str | None:
-    with path.open("rb") as file:
-        magic = file.read(4)
-    return next((name for prefix, name in _MAGIC.items() if magic.startswith(prefix)), None)
-
-
-@contextmanager
-def _decompressed_copy(path: Path, compression: str) -> Iterator[tuple[Path, str | None]]:
-    """The archive decompressed into a temporary file, since its members are read in
-    place by offset; the error text instead if the stream is corrupt."""
-    with tempfile.TemporaryDirectory(prefix="nixlayer-verify-") as folder:
-        plain = Path(folder, "image.tar")
-        try:
-            with path.open("rb") as source, plain.open("wb") as out:
-                shutil.copyfileobj(_decompressing(source, compression), out, _CHUNK)
-        except _READ_ERRORS as error:
-            yield plain, str(error) or type(error).__name__
-            return
-        yield plain, None
 
 
 def _check_archive(path: Path) -> tuple[list[str], bool]:
@@ -212,136 +194,6 @@ def _tail_problems(file: IO[bytes], length: int, what: str) -> list[str]:
     return []
 
 
-# --- reading blobs ------------------------------------------------------------------
-
-_READ_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # gzip.BadGzipFile is one
-    EOFError,
-    zlib.error,
-    tarfile.TarError,
-    ValueError,  # zstandard.ZstdError is one
-)
-
-
-class _Counted(io.RawIOBase):
-    """A reader that hashes and counts what passes through it and, for a tar stream,
-    remembers the offset of its last non-zero byte, so that data after the point
-    where tarfile stopped can be told from the end-of-archive zeros."""
-
-    def __init__(self, source: IO[bytes]) -> None:
-        self._source = source
-        self.digest = hashlib.sha256()
-        self.count = 0
-        self.last_data = -1
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._source.read(len(buffer))
-        buffer[: len(data)] = data
-        self.digest.update(data)
-        kept = len(data.rstrip(b"\0"))
-        if kept:
-            self.last_data = self.count + kept - 1
-        self.count += len(data)
-        return len(data)
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
-
-    @property
-    def hexdigest(self) -> str:
-        return f"sha256:{self.digest.hexdigest()}"
-
-
-def _decompressing(source: IO[bytes], compression: str | None) -> IO[bytes]:
-    """A reader of the uncompressed bytes; several gzip members or zstd frames in a
-    row are one stream, as consumers read them."""
-    if compression == "gzip":
-        return gzip.GzipFile(fileobj=source, mode="rb")
-    if compression == "zstd":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
-    return source
-
-
-@dataclass
-class _Blob:
-    """A blob as read: its size and sha256, and for a layer the sha256 of its
-    uncompressed tar (None if it could not be decompressed) and what its tar holds."""
-
-    size: int
-    digest: str
-    diff_id: str | None = None
-    problems: list[str] = field(default_factory=list)
-
-
-def _read_blob(opener: Opener) -> _Blob:
-    with opener() as file:
-        counted = _Counted(file)
-        counted.drain()
-    return _Blob(counted.count, counted.hexdigest)
-
-
-def _read_layer(opener: Opener, compression: str | None, label: str) -> _Blob:
-    """One pass over a layer blob: hashed as stored, decompressed, hashed again,
-    and parsed member by member with tarfile in streaming mode."""
-    with opener() as file:
-        stored = _Counted(file)
-        tar_stream = _Counted(_decompressing(stored, compression))
-        problems: list[str] = []
-        try:
-            end = _check_members(tar_stream, label, problems)
-            tar_stream.drain()
-        except _READ_ERRORS as error:
-            problems.append(f"{label}: cannot be read as a {compression or 'plain'} tar: {error}")
-            _drain_quietly(stored)
-            return _Blob(stored.count, stored.hexdigest, None, problems)
-        stored.drain()
-    if tar_stream.last_data >= end:
-        problems.append(f"{label}: data after a header tarfile cannot read (damaged)")
-    elif tar_stream.count - end < _END_MARKER:
-        problems.append(f"{label}: no end-of-archive marker (truncated?)")
-    return _Blob(stored.count, stored.hexdigest, tar_stream.hexdigest, problems)
-
-
-def _drain_quietly(stored: _Counted) -> None:
-    """Read the rest of a blob after its tar failed, so its digest and size can still
-    be checked; a read error here was already reported as the tar's."""
-    with suppress(OSError):
-        stored.drain()
-
-
-def _check_members(stream: IO[bytes], label: str, problems: list[str]) -> int:
-    """Each member's name once, relative and without ``..``; a hard link only to an
-    earlier file of the same layer (so each layer unpacks on its own). Returns the
-    offset where the archive's end marker starts."""
-    seen: set[str] = set()
-    with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as tar:
-        for member in tar:
-            name = member.name.removeprefix("./").rstrip("/")
-            if name in seen:
-                problems.append(f"{label}: holds {_show(name)} twice")
-            if name.startswith("/") or ".." in name.split("/"):
-                problems.append(f"{label}: unsafe member name {_show(name)}")
-            if member.islnk() and member.linkname.removeprefix("./") not in seen:
-                problems.append(
-                    f"{label}: {_show(name)} is a hard link to {_show(member.linkname)}, "
-                    "which is not earlier in this layer"
-                )
-            seen.add(name)
-            tar.members = []  # streaming: keep no TarInfo for layers of millions of files
-        return tar.offset
-
-
-def _show(name: str) -> str:
-    """A member name for a message: non-UTF-8 bytes shown escaped, one line."""
-    return repr(os.fsencode(name))[2:-1]
-
-
 def _compression_of(media_type: str) -> str | None:
     for suffix in ("gzip", "zstd"):
         if media_type.endswith(("+" + suffix, "." + suffix)):
@@ -358,7 +210,7 @@ class _Checker:
     def __init__(self, files: ImageFiles, report: VerifyReport) -> None:
         self.files = files
         self.report = report
-        self._blobs: dict[tuple[str, str | None, bool], _Blob | None] = {}
+        self._blobs: dict[tuple[str, str | None, bool], BlobRead | None] = {}
         self.read_names: set[str] = set()
 
     def problem(self, message: str) -> None:
@@ -377,18 +229,20 @@ class _Checker:
             self.problem(f"{what} {name} is not valid JSON: {error}")
         return None
 
-    def blob(self, name: str) -> _Blob | None:
-        return self._cached((name, None, False), lambda: _read_blob(self.files.opener(name)))
+    def blob(self, name: str) -> BlobRead | None:
+        return self._cached((name, None, False), lambda: read_blob(self.files.opener(name)))
 
-    def layer(self, name: str, compression: str | None) -> _Blob | None:
-        def read() -> _Blob:
-            found = _read_layer(self.files.opener(name), compression, f"layer {name}")
+    def layer(self, name: str, compression: str | None) -> BlobRead | None:
+        def read() -> BlobRead:
+            found = read_layer(self.files.opener(name), compression, f"layer {name}")
             self.report.problems.extend(found.problems)
             return found
 
         return self._cached((name, compression, True), read)
 
-    def _cached(self, key: tuple[str, str | None, bool], read: Callable[[], _Blob]) -> _Blob | None:
+    def _cached(
+        self, key: tuple[str, str | None, bool], read: Callable[[], BlobRead]
+    ) -> BlobRead | None:
         if key not in self._blobs:
             self._blobs[key] = read() if self.files.has(key[0]) else None
             self.read_names.add(key[0])
@@ -469,11 +323,7 @@ def _config_by_name(check: _Checker, name: str, where: str) -> Any:
 
 def _member_compression(files: ImageFiles, name: str) -> str | None:
     """docker-archives normally hold plain tars, but some tools store them compressed."""
-    if not files.has(name):
-        return None
-    with files.opener(name)() as blob:
-        magic = blob.read(4)
-    return next((kind for prefix, kind in _MAGIC.items() if magic.startswith(prefix)), None)
+    return compression_of(files.opener(name)) if files.has(name) else None
 
 
 # --- OCI layout ---------------------------------------------------------------------

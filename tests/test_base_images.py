@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import json
+import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -150,3 +155,84 @@ def test_inspect_reads_back_the_plan(
     assert all(layer["media_type"].endswith("gzip") for layer in from_oci["layers"])
     text = run_ok("inspect", base_image).stdout.decode()
     assert "docker.io/library/base:1" in text and "glibc-2.38-27" in text
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_inspect_and_from_read_a_compressed_docker_archive(
+    compress: str, top_closure: Path, fixture_store: FixtureStore, tools: Tools, tmp_path: Path
+) -> None:
+    """A docker-archive compressed as a whole (``--compress`` on docker-archive), as
+    ``verify`` reads it: ``inspect`` shows it, and ``--from`` builds on it."""
+    base = tmp_path / f"base.tar.{compress}"
+    run_ok(
+        "from-closure", fixture_store.closure_file, "--store-root", fixture_store.root,
+        "-o", base, "--compress", compress, "--cmd", "sh", "--name", "base:1",
+    )  # fmt: skip
+    described = json.loads(run_ok("inspect", base, "--json").stdout)
+    assert described["repo_tags"] == ["docker.io/library/base:1"]
+    assert described["config"]["Cmd"] == ["sh"]
+    out = tmp_path / "top.tar"
+    _build_on(str(base), top_closure, fixture_store, out)
+    base_ids = [layer["diff_id"] for layer in described["layers"]]
+    config = read_docker_archive(out.read_bytes()).config
+    assert config["rootfs"]["diff_ids"][: len(base_ids)] == base_ids
+    skopeo_copy_to_oci(out, tmp_path / "oci")
+    rootfs = umoci_unpack(tmp_path / "oci", "test", tmp_path / "bundle")
+    assert compare_tree(rootfs, fixture_store.root, fixture_store.paths) == []
+
+
+def _tar(members: list[tuple[str, bytes]]) -> bytes:
+    """A tar of regular files with exactly these names, as a hostile tool could write."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _docker_archive_with_layer(target: Path, layer: bytes, compress: bool) -> str:
+    """A docker-archive of one layer (gzip-compressed, as some tools store it, when
+    ``compress``); returns the layer's diff_id."""
+    diff_id = f"sha256:{hashlib.sha256(layer).hexdigest()}"
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()  # fmt: skip
+    stored = gzip.compress(layer, mtime=0) if compress else layer
+    manifest = json.dumps([{"Config": "config.json", "RepoTags": ["evil:1"],
+                            "Layers": ["layer.tar"]}]).encode()  # fmt: skip
+    target.write_bytes(
+        _tar([("layer.tar", stored), ("config.json", config), ("manifest.json", manifest)])
+    )
+    return diff_id
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize(
+    ("members", "said"),
+    [
+        ([("/etc/passwd", b"root")], "unsafe member name /etc/passwd"),
+        ([("a", b""), ("../../outside", b"x")], "unsafe member name ../../outside"),
+        ([("etc/motd", b"1"), ("etc/motd", b"2")], "holds etc/motd twice"),
+    ],
+    ids=["absolute", "dotdot", "twice"],
+)
+def test_a_base_layer_with_unsafe_names_is_refused(
+    members: list[tuple[str, bytes]],
+    said: str,
+    compress: bool,
+    top_closure: Path,
+    fixture_store: FixtureStore,
+    tmp_path: Path,
+) -> None:
+    base = tmp_path / "evil.tar"
+    diff_id = _docker_archive_with_layer(base, _tar(members), compress)
+    out = tmp_path / "top.tar"
+    result = run_nixlayer(
+        "from-closure", top_closure, "--store-root", fixture_store.root, "-o", out,
+        "--from", base,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.decode() == f"nixlayer: error: {base}: layer {diff_id}: {said}\n"
+    assert not out.exists()
+    assert os.listdir(tmp_path) == ["evil.tar"]

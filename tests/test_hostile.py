@@ -32,6 +32,7 @@ import pytest
 from consumers import layer_members, nixlayer_command, read_docker_archive, run_nixlayer
 
 from nixlayer.errors import NixlayerError
+from nixlayer.output import atomic_output
 from nixlayer.plan import make_plan
 from nixlayer.readers import read_closure
 from nixlayer.store import store_layer_entries
@@ -338,17 +339,22 @@ def _realistic_entries(count: int) -> list[dict[str, Any]]:
     ]
 
 
-def test_large_input_memory_is_linear_in_its_size(tmp_path: Path) -> None:
+def test_large_input_memory_stays_below_the_input_size(tmp_path: Path) -> None:
     """A 1 GB closure is not made here; instead the peak memory of reading 6 MB and
-    24 MB is measured: the growth is a constant multiple of the input (about 3.5: the
-    text, then Python objects for every field), not more. So a 1 GB input needs about
-    3.5 GB, and fails with MemoryError beyond that; nixlayer does not stream JSON."""
-    ratios = []
+    24 MB of realistic path-info is measured. The file streams through the reader
+    (nixlayer/jsonstream.py), which keeps of each entry only what it uses, and each
+    store path's name once: each further byte of input costs less than 1.6 bytes
+    (the closure itself is most of it), where ``json.loads`` cost 3.4, and the peak
+    stays below twice the file. Measured on 1 GB: see the commit that made the
+    reader stream."""
+    sizes, growths = [], []
     for count in (8_000, 32_000):
         target = _closure_file(tmp_path, _realistic_entries(count))
-        ratios.append(_peak_growth(target) / target.stat().st_size)
-    assert all(ratio < 5 for ratio in ratios), ratios
-    assert ratios[1] < ratios[0] * 1.5, ratios
+        sizes.append(target.stat().st_size)
+        growths.append(_peak_growth(target))
+    per_byte = (growths[1] - growths[0]) / (sizes[1] - sizes[0])
+    assert per_byte < 1.6, (sizes, growths)
+    assert growths[1] < 2 * sizes[1], (sizes, growths)
 
 
 # --- store trees through the CLI ----------------------------------------------------
@@ -780,3 +786,54 @@ def test_existing_file_is_replaced_atomically(tmp_path: Path) -> None:
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
     assert verify_image(str(out)).ok
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("before", ["no-folder", "empty-folder", "layout"])
+def test_a_failed_oci_write_removes_what_it_created(tmp_path: Path, before: str) -> None:
+    """A store path missing on disk stops the build after other layers were written:
+    a layout that was not there before goes again (with the folders made for it),
+    an empty folder is left empty, and an existing layout keeps what it had."""
+    store = _small_store(tmp_path)
+    target = tmp_path / "out"
+    out = target / "sub" / "image" if before == "no-folder" else target
+    if before == "empty-folder":
+        target.mkdir()
+    if before == "layout":
+        assert store.build(out, "--format", "oci", "--no-cache").returncode == 0
+    store.add("gone", "2")  # in the closure, not on disk
+    store.closure()
+    kept = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = store.build(out, "--format", "oci", "--no-cache")
+    _input_error(result, "does not exist on disk")
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    if before == "layout":  # blobs finished before the error may stay
+        assert set(kept) <= set(after) and (target / "index.json").is_file()
+    else:
+        assert after == kept
+
+
+@pytest.mark.parametrize("image_format", ["docker-archive", "oci", "oci-archive"])
+def test_no_clobber_refuses_an_existing_image(tmp_path: Path, image_format: str) -> None:
+    store = _small_store(tmp_path, 1024)
+    out = _destination(tmp_path, image_format)
+    assert store.build(out, "--format", image_format, "--no-cache").returncode == 0
+    before = sorted((p, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file())
+    result = store.build(out, "--format", image_format, "--no-clobber", "--no-cache")
+    _input_error(result, f"-o {out}", "exists already")
+    assert sorted((p, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()) == before
+    fresh = tmp_path / "fresh" / out.name
+    fresh.parent.mkdir()
+    assert store.build(fresh, "--format", image_format, "--no-clobber").returncode == 0
+    assert verify_image(str(fresh)).ok
+
+
+def test_no_clobber_holds_when_the_file_appears_during_the_write(tmp_path: Path) -> None:
+    """The check before the write is not the only one: a file that appears meanwhile
+    is kept, and the new one is dropped, because the name is taken by ``link``."""
+    out = tmp_path / "image.tar"
+    refused = pytest.raises(NixlayerError, match="exists already")
+    with refused, atomic_output(str(out), clobber=False) as file:
+        file.write(b"new")
+        out.write_bytes(b"someone else's")
+    assert out.read_bytes() == b"someone else's"
+    assert os.listdir(tmp_path) == ["image.tar"]

@@ -539,3 +539,52 @@ def test_arbitrary_json(
 @given(lines=st.lists(st.sampled_from([P1, P2, "", "0", "1", "2", "x", "\r"]), max_size=12))
 def test_arbitrary_references_graph_text(tmp_path: Path, lines: list[str]) -> None:
     _read_or_refuse(_write(tmp_path, "\n".join(lines)), None, None)
+
+
+# --- streaming: the same result wherever the file's chunks end ------------------------
+
+
+def _outcome(path: Path, input_format: str | None = None) -> Any:
+    """A closure's summary, or the message that refuses the file."""
+    try:
+        return _summary(read_closure(path, input_format=input_format))
+    except NixlayerError as error:
+        return str(error)
+
+
+_STREAMED_FILES = [
+    *((path, None) for path in sorted(FIXTURES.rglob("*.json"))),
+    (HELLO / "references-graph.txt", None),
+]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 5, 64])
+def test_every_cut_between_chunks_reads_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """The reader decodes the file a chunk at a time and hands each entry to json's
+    scanner: a chunk that ends inside a number, a string, a key, an escape or a
+    UTF-8 sequence must change nothing, neither a closure nor an error message."""
+    import nixlayer.jsonstream
+
+    cases = [(_write(tmp_path, content, f"bad-{n}.json"), form)
+             for n, (content, form, _) in enumerate(BAD_INPUTS)]  # fmt: skip
+    cases.append((_write(tmp_path, b'[{"x": "\xc3\xa9\xc3\xa9", \xff', "utf8.json"), None))
+    cases.append((_write(tmp_path, b'[{"path": "/nix/store/x"}, 12', "tail.json"), None))
+    whole = [_outcome(path, form) for path, form in [*_STREAMED_FILES, *cases]]
+    monkeypatch.setattr(nixlayer.jsonstream, "_CHUNK", chunk)
+    assert [_outcome(path, form) for path, form in [*_STREAMED_FILES, *cases]] == whole
+
+
+@_FUZZ
+@given(value=_JSON, indent=st.sampled_from([None, 0, 2]), chunk=st.integers(1, 9))
+def test_arbitrary_json_in_small_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: Any, indent: int | None, chunk: int
+) -> None:
+    import nixlayer.jsonstream
+
+    path = _write(tmp_path, json.dumps(value, indent=indent))
+    whole = _outcome(path)
+    with monkeypatch.context() as patched:
+        patched.setattr(nixlayer.jsonstream, "_CHUNK", chunk)
+        assert _outcome(path) == whole

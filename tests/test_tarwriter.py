@@ -170,3 +170,26 @@ def test_walk_never_follows_symlinks(tmp_path: Path) -> None:
     (on_disk / "door").symlink_to(outside)
     names = [e.name for e in walk_store_path(os.fsencode(tmp_path), logical)]
     assert not any(name.endswith(b"secret") for name in names)
+
+
+@pytest.mark.parametrize("swapped", ["folder", "store-path", "file"])
+def test_a_symlink_swapped_in_after_the_walk_is_never_followed(
+    tmp_path: Path, swapped: str
+) -> None:
+    """Between the layout (from lstat) and the read, a folder, the store path itself or
+    the file is replaced by a symlink to a tree outside with a file of the same size:
+    the layer stops with an error and never holds the outside bytes."""
+    logical, top = _store_path(tmp_path / "root", "victim")
+    (top / "lib" / "deep").mkdir(parents=True)
+    (top / "lib" / "deep" / "file").write_bytes(b"inside")
+    outside = tmp_path / "outside"
+    (outside / "lib" / "deep").mkdir(parents=True)
+    (outside / "lib" / "deep" / "file").write_bytes(b"SECRET")
+    layout = lay_out_layer(os.fsencode(tmp_path / "root"), [logical], 1)
+    victim = {"folder": top / "lib", "store-path": top, "file": top / "lib/deep/file"}[swapped]
+    victim.rename(victim.with_name("moved"))
+    victim.symlink_to(outside / victim.relative_to(top) if swapped != "store-path" else outside)
+    out = io.BytesIO()
+    with pytest.raises(NixlayerError, match="replaced while it was being read"):
+        write_layer(layout, out.write)
+    assert b"SECRET" not in out.getvalue()

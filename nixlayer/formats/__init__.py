@@ -12,7 +12,7 @@ from nixlayer.cache import LayerCache
 from nixlayer.compression import CompressedStream, Compression
 from nixlayer.errors import NixlayerError
 from nixlayer.formats.docker_archive import MANIFEST, read_docker_archive, write_docker_archive
-from nixlayer.formats.files import folder_files, tar_files
+from nixlayer.formats.files import archive_files, folder_files
 from nixlayer.formats.oci import (
     INDEX,
     LAYOUT,
@@ -21,7 +21,7 @@ from nixlayer.formats.oci import (
     write_oci_layout,
 )
 from nixlayer.image import ImageSpec, SourceImage
-from nixlayer.output import STDOUT, atomic_output, in_nix_build
+from nixlayer.output import STDOUT, atomic_output, in_nix_build, refuse_existing
 
 FORMATS = ("docker-archive", "oci", "oci-archive")
 DEFAULT_COMPRESSION = {"docker-archive": "none", "oci": "gzip", "oci-archive": "gzip"}
@@ -37,7 +37,8 @@ def _path_and_ref(value: str) -> tuple[Path, str | None]:
 
 
 def read_image(value: str, flag: str) -> SourceImage:
-    """A docker-archive, an OCI layout folder or an oci-archive, told apart by content."""
+    """A docker-archive (plain, or compressed as a whole), an OCI layout folder or an
+    oci-archive, told apart by content."""
     path, ref = _path_and_ref(value)
     if path.is_dir():
         files = folder_files(path)
@@ -46,7 +47,7 @@ def read_image(value: str, flag: str) -> SourceImage:
         return read_oci(files, ref)
     if not path.is_file():
         raise NixlayerError(f"{flag} {value}: no such image file or folder")
-    files = tar_files(path)
+    files = archive_files(path)
     if files.has(INDEX) and files.has(LAYOUT):
         return read_oci(files, ref)
     if files.has(MANIFEST):
@@ -66,21 +67,25 @@ def write_image(
     cache: LayerCache,
     on_bytes: Callable[[int], None] = lambda n: None,
     on_layer: Callable[[], None] = lambda: None,
+    clobber: bool = True,
 ) -> str:
     """Write the image in ``image_format`` to ``output``; returns a line for people.
 
     docker-archive keeps its layers uncompressed (docker computes diff_ids on them),
-    so ``compression`` there applies to the whole stream.
+    so ``compression`` there applies to the whole stream. Unless ``clobber``, an
+    existing file, or for ``oci`` a folder that holds an image already, is refused.
     """
     if image_format not in FORMATS:
         raise NixlayerError(f"--format {image_format}: expected one of {', '.join(FORMATS)}")
     if image_format == "oci":
         if output == STDOUT:
             raise NixlayerError("-o -: --format oci writes a folder; use oci-archive to stream")
+        if not clobber and os.path.lexists(os.path.join(output, INDEX)):
+            raise refuse_existing(output)
         written = write_oci_layout(spec, Path(output), compression, cache, on_bytes, on_layer)
         reused = sum(written.reused)
         return f"{written.ref} to {output} ({len(written.layers)} layers, {reused} reused)"
-    with atomic_output(output) as out:
+    with atomic_output(output, clobber=clobber) as out:
         if image_format == "oci-archive":
             beside = output != STDOUT and not in_nix_build()
             scratch = os.path.dirname(os.path.abspath(output)) if beside else tempfile.gettempdir()

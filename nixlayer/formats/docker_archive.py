@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from nixlayer.errors import NixlayerError
-from nixlayer.formats.files import ImageFiles
+from nixlayer.formats.files import ImageFiles, compression_of
 from nixlayer.image import (
     ImageSpec,
     SourceImage,
@@ -26,7 +26,6 @@ from nixlayer.layers import BlobLayer
 from nixlayer.tarwriter import END_OF_ARCHIVE, file_header, padding
 
 MANIFEST = "manifest.json"
-_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 
 
 def layer_member_name(index: int) -> str:
@@ -100,9 +99,6 @@ def read_docker_archive(files: ImageFiles) -> SourceImage:
 
 def _media_type(files: ImageFiles, name: str) -> str:
     """docker-archives normally hold plain tars, but some tools store them compressed."""
-    with files.opener(name)() as blob:
-        magic = blob.read(4)
-    for prefix, compression in _MAGIC.items():
-        if magic.startswith(prefix):
-            return f"application/vnd.oci.image.layer.v1.tar+{compression}"
-    return "application/vnd.oci.image.layer.v1.tar"
+    compression = compression_of(files.opener(name))
+    suffix = f"+{compression}" if compression else ""
+    return f"application/vnd.oci.image.layer.v1.tar{suffix}"

@@ -6,16 +6,19 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
-from collections.abc import Callable
+import tempfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
+from nixlayer.blobs import READ_ERRORS, Opener, decompressing, reopenable
 from nixlayer.errors import NixlayerError
 
-Opener = Callable[[], IO[bytes]]
+_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
+_CHUNK = 1 << 20
 
 
 class _Slice(io.RawIOBase):
@@ -85,18 +88,67 @@ def folder_files(path: Path) -> ImageFiles:
     return ImageFiles(str(path), files)
 
 
-def tar_files(path: Path) -> ImageFiles:
-    """The regular members of a tar, each readable in place from its offset."""
+def tar_files(path: Path, source: str | None = None, keep: object = None) -> ImageFiles:
+    """The regular members of a tar, each readable in place from its offset;
+    ``source`` names the archive in messages (default: ``path``). Each opener holds
+    ``keep``, the open file that ``path`` may name (``reopenable``), so that the file
+    stays open, and its descriptor's number taken, while an opener may be called."""
+    source = str(path) if source is None else source
     try:
         with tarfile.open(path, "r:") as tar:
             members = [m for m in tar.getmembers() if m.isreg()]
     except (tarfile.TarError, OSError) as error:
-        raise NixlayerError(f"{path}: not a readable tar archive: {error}") from None
+        raise NixlayerError(f"{source}: not a readable tar archive: {error}") from None
     files: dict[str, tuple[int, Opener]] = {
         os.path.normpath(m.name): (
             m.size,
-            lambda m=m: io.BufferedReader(_Slice(path, m.offset_data, m.size)),
+            partial(_open_slice, path, m.offset_data, m.size, keep),
         )
         for m in members
     }
-    return ImageFiles(str(path), files)
+    return ImageFiles(source, files)
+
+
+def _open_slice(path: Path, offset: int, size: int, keep: object) -> IO[bytes]:
+    """``keep`` is only held, by the ``partial`` that calls this (see ``tar_files``)."""
+    return io.BufferedReader(_Slice(path, offset, size))
+
+
+def compression_of(opener: Opener) -> str | None:
+    """``gzip`` or ``zstd`` if the file starts with that format's magic, else None."""
+    with opener() as file:
+        magic = file.read(4)
+    return next((name for prefix, name in _MAGIC.items() if magic.startswith(prefix)), None)
+
+
+def decompressed_copy(path: Path, compression: str) -> IO[bytes]:
+    """An archive compressed as a whole, decompressed into an anonymous temporary file
+    (its members are read in place by offset): it vanishes when closed, or with the
+    process. Raises one of ``READ_ERRORS`` if the stream is corrupt."""
+    copy = tempfile.TemporaryFile()  # noqa: SIM115 (the caller closes it)
+    try:
+        with path.open("rb") as source:
+            shutil.copyfileobj(decompressing(source, compression), copy, _CHUNK)
+        copy.flush()
+    except BaseException:
+        copy.close()
+        raise
+    return copy
+
+
+def archive_files(path: Path) -> ImageFiles:
+    """The files of a tar image, decompressed first if it was compressed as a whole
+    (``from-closure --format docker-archive --compress gzip|zstd`` writes such)."""
+    compression = compression_of(partial(path.open, "rb"))
+    if compression is None:
+        return tar_files(path)
+    try:
+        copy = decompressed_copy(path, compression)
+    except READ_ERRORS as error:
+        reason = str(error) or type(error).__name__
+        raise NixlayerError(f"{path}: the {compression} stream is corrupt: {reason}") from None
+    try:
+        return tar_files(reopenable(copy), str(path), keep=copy)
+    except BaseException:
+        copy.close()
+        raise

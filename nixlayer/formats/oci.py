@@ -6,9 +6,11 @@ image manifests, whose layers carry their own media types and compressed digests
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import tempfile
+import shutil
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from nixlayer.image import (
     qualified_name,
 )
 from nixlayer.layers import BlobLayer, Layer
-from nixlayer.output import pending_file
+from nixlayer.output import pending_file, scratch_folder
 from nixlayer.store import walk_tree
 from nixlayer.tarwriter import WRITER_THREAD, lay_out, write_layer
 
@@ -104,6 +106,10 @@ CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 LAYOUT_CONTENT = b'{"imageLayoutVersion":"1.0.0"}'
 WORKERS = 2
+
+
+class _Stopped(Exception):
+    """A layer abandoned because the write as a whole failed or was interrupted."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +197,30 @@ def _layer_blob(
     return made, False
 
 
+def _created_by_us(folder: Path) -> list[Path]:
+    """What a failed first write into ``folder`` must remove so that nothing of it
+    stays: the highest of its folders that does not exist yet, or what an empty
+    ``folder`` will hold. Anything else is kept: an existing layout (its blobs are
+    complete and may be shared), and what ``_start_layout`` refuses to write into."""
+    missing = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
+    if missing:
+        return [missing[-1]]
+    with contextlib.suppress(OSError):  # unreadable: _start_layout says so
+        if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
+            return [folder / LAYOUT, folder / "blobs"]
+    return []
+
+
+def _remove(paths: list[Path]) -> None:
+    """Best effort, while another error is on its way: it must not hide that one."""
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 def _start_layout(folder: Path) -> None:
     """A new layout, or one that is there already; never a folder with other things."""
     if folder.exists() and not folder.is_dir():
@@ -245,18 +275,48 @@ def write_oci_layout(
 
     Layers are independent, so they are made in parallel (hashing and compression
     release the GIL); each is compressed on its own, so the bytes do not depend on
-    how many run at once.
+    how many run at once. If it fails, a layout that was not there before is
+    removed again (see ``_created_by_us``).
     """
+    created = _created_by_us(folder)
+    try:
+        return _write_layout(spec, folder, compression, cache, on_bytes, on_layer)
+    except BaseException:
+        _remove(created)
+        raise
+
+
+def _write_layout(
+    spec: ImageSpec,
+    folder: Path,
+    compression: Compression,
+    cache: LayerCache,
+    on_bytes: Progress,
+    on_layer: Callable[[], None],
+) -> WrittenLayout:
     _start_layout(folder)
     mtime = spec.settings.mtime
 
+    stop = threading.Event()
+
+    def progress(count: int) -> None:
+        """Called between buffers: where a layer stops once another has failed."""
+        if stop.is_set():
+            raise _Stopped
+        on_bytes(count)
+
     def one(layer: Layer) -> tuple[CachedLayer, bool]:
-        result = _layer_blob(layer, folder, mtime, compression, cache, on_bytes)
+        result = _layer_blob(layer, folder, mtime, compression, cache, progress)
         on_layer()
         return result
 
     with ThreadPoolExecutor(WORKERS) as pool:
-        results = list(pool.map(one, spec.all_layers))
+        try:
+            results = list(pool.map(one, spec.all_layers))
+        except BaseException:  # an error, Ctrl-C or SIGTERM: stop the others, not wait
+            stop.set()
+            pool.shutdown(cancel_futures=True)
+            raise
     layers = tuple(layer for layer, _ in results)
     config = config_json(spec, [layer.diff_id.removeprefix("sha256:") for layer in layers])
     config_digest = _put_blob(folder, config)
@@ -307,7 +367,7 @@ def write_oci_archive(
     A tar member's size comes before its bytes, and a compressed layer's size is
     known only once it is compressed: the layout is built in ``scratch`` first.
     """
-    with tempfile.TemporaryDirectory(dir=scratch, prefix=".nixlayer-") as temporary:
+    with scratch_folder(scratch) as temporary:
         folder = Path(temporary, "layout")
         layout = write_oci_layout(spec, folder, compression, LayerCache(None), on_bytes, on_layer)
         (folder / MANIFEST).write_bytes(docker_manifest(layout))
