@@ -6,6 +6,7 @@ import networkx as nx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nixlayer.strategies import reach
 from nixlayer.strategies.popularity import path_counts, popularity, popularity_scores
 
 
@@ -74,6 +75,29 @@ def dags(draw: st.DrawFn) -> nx.DiGraph:
 def test_scores_equal_a_brute_force_recount(graph: nx.DiGraph) -> None:
     roots = [node for node, degree in graph.in_degree() if degree == 0]
     assert popularity_scores(graph, roots) == _brute_force_scores(graph, roots)
+
+
+@settings(max_examples=200, deadline=None)
+@given(dags(), st.lists(st.sampled_from([1, 1, 1, 7, 1000]), min_size=9, max_size=9),
+       st.booleans(), st.booleans())  # fmt: skip
+def test_reach_sums_equal_a_brute_force_recount(
+    graph: nx.DiGraph, values: list[int], upstream: bool, in_blocks: bool
+) -> None:
+    """Both ways of summing (popcounts for few distinct weights, prefix sums for any)
+    and both ways of running (one pass, or blocks of 2 bit numbers)."""
+    weights = {node: values[node] for node in graph}
+    reach_set = nx.ancestors if upstream else nx.descendants
+    expected = {x: sum(weights[u] for u in reach_set(graph, x) | {x}) for x in graph}
+    many = {node: w * 1_000_003 + node for node, w in weights.items()}  # all distinct
+    expected_many = {x: sum(many[u] for u in reach_set(graph, x) | {x}) for x in graph}
+    limits = (0, 2) if in_blocks else (reach._ONE_PASS, reach._BLOCK)
+    saved = reach._ONE_PASS, reach._BLOCK
+    reach._ONE_PASS, reach._BLOCK = limits
+    try:
+        assert reach.reach_sums(graph, weights, upstream) == expected
+        assert reach.reach_sums(graph, many, upstream) == expected_many
+    finally:
+        reach._ONE_PASS, reach._BLOCK = saved
 
 
 def test_layers_most_popular_first_and_one_shared_top_layer() -> None:

@@ -107,7 +107,49 @@ class _Block:
         self.classes = _weight_classes(weights, bit, low, high)
 
     def sums(self, order: list[int], before: list[list[int]], after: list[list[int]]) -> list[int]:
-        low, high, bit, weights, classes = self.low, self.high, self.bit, self.weights, self.classes
+        if self.classes is None:
+            return self._sums_by_runs(order, before, after)
+        return self._sums_by_count(order, before, after, *self.classes)
+
+    def _sums_by_count(
+        self,
+        order: list[int],
+        before: list[list[int]],
+        after: list[list[int]],
+        common: int,
+        others: list[tuple[int, int]],
+    ) -> list[int]:
+        """Few distinct weights: a set's sum is a popcount per weight."""
+        low, high, bit, weights = self.low, self.high, self.bit, self.weights
+        users_left = [len(a) for a in after]
+        sets = [0] * len(bit)
+        sums = [0] * len(bit)
+        for node in order:
+            sources = before[node]
+            inside = low <= bit[node] < high
+            own = 1 << (bit[node] - low) if inside else 0
+            for source in sources:
+                own |= sets[source]
+                users_left[source] -= 1
+                if not users_left[source]:
+                    sets[source] = 0
+            if len(sources) == 1:  # a chain: one more node than its source
+                sums[node] = sums[sources[0]] + (weights[node] if inside else 0)
+            else:
+                total = common * own.bit_count()
+                for class_weight, members in others:
+                    total += class_weight * (own & members).bit_count()
+                sums[node] = total
+            if users_left[node]:
+                sets[node] = own
+        return sums
+
+    def _sums_by_runs(
+        self, order: list[int], before: list[list[int]], after: list[list[int]]
+    ) -> list[int]:
+        """Any weights: a node's sum is its largest source's plus the runs of bits the
+        others add, each a difference of prefix sums."""
+        low, high, bit, weights = self.low, self.high, self.bit, self.weights
         users_left = [len(a) for a in after]
         sets = [0] * len(bit)
         sizes = [0] * len(bit)  # how many nodes each live set holds
@@ -116,27 +158,17 @@ class _Block:
             sources = before[node]
             inside = low <= bit[node] < high
             own = 1 << (bit[node] - low) if inside else 0
-            weight = weights[node] if inside else 0
-            if not sources:
-                total = weight
-            else:
+            total = weights[node] if inside else 0
+            if sources:
                 base = max(sources, key=sizes.__getitem__)
-                total = sums[base] + weight
-                base_set = sets[base]
-                if len(sources) == 1:
-                    own |= base_set
-                else:
-                    union = base_set
+                total += sums[base]
+                union = sets[base]
+                if len(sources) > 1:
+                    base_set = union
                     for source in sources:
                         union |= sets[source]
-                    if classes is None:
-                        total += _sum_of_runs(union & ~base_set, self.prefix, low)
-                    else:
-                        common, others = classes
-                        total = weight + common * union.bit_count()
-                        for class_weight, members in others:
-                            total += class_weight * (union & members).bit_count()
-                    own |= union
+                    total += _sum_of_runs(union & ~base_set, self.prefix, low)
+                own |= union
                 for source in sources:
                     users_left[source] -= 1
                     if not users_left[source]:
