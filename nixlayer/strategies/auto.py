@@ -25,7 +25,7 @@ def auto(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> list[list[str]
     a walk of its dependencies only.
     """
     ix = indexed(graph)
-    size = [graph.nodes[node]["nar_size"] for node in ix.nodes]
+    size = [data for _, data in graph.nodes(data="nar_size")]  # in ix.nodes order
     candidates = sorted(
         range(len(ix.nodes)), key=lambda i: (size[i], name_order_key(ix.nodes[i])), reverse=True
     )

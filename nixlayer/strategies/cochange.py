@@ -93,7 +93,7 @@ def _prepare(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> _Graph:
     rank = [0] * len(keys)
     for position, node in enumerate(sorted(everyone, key=keys.__getitem__)):
         rank[node] = position
-    size = [graph.nodes[node]["nar_size"] for node in ix.nodes]
+    size = [data for _, data in graph.nodes(data="nar_size")]  # in ix.nodes order
     largest = sorted((n for n in everyone if not is_root[n]), key=lambda n: -size[n])
     fixed = set(largest[: budget // 2])
 
