@@ -26,7 +26,9 @@ Given a price limit T, two passes make the layers:
    of g's name-version: runs carry about T of that weight and about cap of bytes,
    heavy groups stand alone, and whether a cut follows g depends on g alone, so
    adding, dropping or rebuilding one group changes one run (content-defined
-   chunking, as in rsync or restic).
+   chunking, as in rsync or restic). As chunkers do, a run is not cut before it
+   carries a quarter of one expected cut's weight and is always cut before one and
+   a half: fewer tiny and huge runs, for a change that may move the cut after it.
 
 Roots never join or take in others. T is the smallest value of a fixed ladder
 (eight steps per doubling) whose layers fit the budget; a graph that differs a
@@ -46,6 +48,7 @@ import networkx as nx
 from nixlayer.strategies.reach import Indexed, indexed, indexed_reach_sums, name_order_key
 
 _STEPS_PER_DOUBLING = 8
+_SHORTEST_RUN, _LONGEST_RUN = 0.25, 1.5  # in expected cuts: what a run carries at least, at most
 
 
 @dataclass(frozen=True)
@@ -132,12 +135,15 @@ def _runs(g: _Graph, limit: float) -> tuple[list[list[int]], list[int]]:
     cut = [group_size[t] * g.changes[t] / limit + group_size[t] / g.cap for t in tops]
     runs: list[list[int]] = []
     run: list[int] = []
+    filled = 0.0
     for index, top in enumerate(tops):
         run.append(top)
-        last = index + 1 == len(tops)
-        if last or cut[index] >= 1.0 - g.chance[top] or cut[index + 1] >= 1.0:
+        filled += cut[index]
+        following = cut[index + 1] if index + 1 < len(tops) else _LONGEST_RUN
+        chosen = filled >= _SHORTEST_RUN and cut[index] >= 1.0 - g.chance[top]
+        if chosen or following >= 1.0 or filled + following > _LONGEST_RUN:
             runs.append(run)
-            run = []
+            run, filled = [], 0.0
     return runs, joined
 
 
