@@ -104,9 +104,24 @@ def test_layers_most_popular_first_and_one_shared_top_layer() -> None:
     app, lib, glibc, extra = _path("app"), _path("lib", "b"), _path("glibc", "c"), _path("x", "d")
     graph = nx.DiGraph([(app, lib), (app, glibc), (lib, glibc), (app, extra)])
     # pop: glibc 4 (app, lib and itself twice), lib 2, extra 2, app 1; lib < x by name.
-    assert popularity(graph, [app], 3) == [[glibc], [lib], [extra, app]]
+    # The shared top layer is in name order.
+    assert popularity(graph, [app], 3) == [[glibc], [lib], [app, extra]]
     assert popularity(graph, [app], 10) == [[glibc], [lib], [extra], [app]]
-    assert popularity(graph, [app], 1) == [[glibc, lib, extra, app]]
+    assert popularity(graph, [app], 1) == [[app, glibc, lib, extra]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(dags(), st.integers(1, 12))
+def test_the_most_popular_get_layers_of_their_own(graph: nx.DiGraph, budget: int) -> None:
+    """Scoring only the contenders picks what ranking every score would."""
+    graph = nx.relabel_nodes(graph, {n: _path(f"p{n}", "abcdfghij"[n]) for n in graph})
+    roots = [node for node, degree in graph.in_degree() if degree == 0]
+    scores = popularity_scores(graph, roots)
+    ranked = sorted(graph, key=lambda p: (-scores[p], p.rsplit("-", 1)[1]))
+    solo = [[path] for path in ranked[: budget - 1]]
+    layers = popularity(graph, roots, budget)
+    assert layers[: len(solo)] == solo
+    assert sorted(p for layer in layers[len(solo) :] for p in layer) == sorted(ranked[budget - 1 :])
 
 
 def test_ties_are_broken_by_name_then_hash() -> None:
