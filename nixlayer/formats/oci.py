@@ -233,6 +233,17 @@ def _ref(descriptor: dict[str, Any]) -> Any:
     return annotations.get(REF_NAME) if isinstance(annotations, dict) else None
 
 
+def _largest_first(
+    make: Callable[[Layer], tuple[CachedLayer, bool]], layers: tuple[Layer, ...]
+) -> list[tuple[CachedLayer, bool]]:
+    """``make`` of each layer on ``WORKERS`` threads, the largest started first (a large
+    layer started last would run alone at the end), the results in the layers' order."""
+    order = sorted(range(len(layers)), key=lambda i: layers[i].size_hint, reverse=True)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        made = dict(zip(order, pool.map(make, [layers[i] for i in order]), strict=True))
+    return [made[i] for i in range(len(layers))]
+
+
 def write_oci_layout(
     spec: ImageSpec,
     folder: Path,
@@ -255,8 +266,7 @@ def write_oci_layout(
         on_layer()
         return result
 
-    with ThreadPoolExecutor(WORKERS) as pool:
-        results = list(pool.map(one, spec.all_layers))
+    results = _largest_first(one, spec.all_layers)
     layers = tuple(layer for layer, _ in results)
     config = config_json(spec, [layer.diff_id.removeprefix("sha256:") for layer in layers])
     config_digest = _put_blob(folder, config)
