@@ -298,10 +298,7 @@ def write_layer(
                 head = header(name, entry.mode, size, mtime, typeflag, linkname, entry.owner)
             else:
                 head = _plain_header(name, entry.mode, size, mtime, typeflag, linkname)
-            if size:
-                out.add_file(head, entry, size)
-            else:
-                out.add(head)
+            out.add_member(head, entry, size)
         out.add(END_OF_ARCHIVE)
     assert written == layout.size, "layer size differs from its layout"
     return digest.hexdigest()
@@ -413,24 +410,27 @@ class _Buffers:
             self._used += count
             start += count
 
-    def add_file(self, header: bytes, entry: Entry, size: int) -> None:
-        """A file's header, its ``size`` bytes, never following a symlink swapped in, and
-        padding. Most files fit in what is left of the buffer, with a byte to spare (see
-        ``_read``): they take one quick path, one read straight into the buffer."""
+    def add_member(self, header: bytes, entry: Entry, size: int) -> None:
+        """A member's header, ``size`` bytes of data and padding. Most members fit in
+        what is left of the buffer, with a byte to spare (see ``add_file``): they take
+        one quick path."""
+        if not size:
+            self.add(header)
+            return
+        start = self._used + len(header)
+        end = start + size
+        padded = end + -size % BLOCK
+        if padded >= READ_CHUNK:
+            self.add(header)
+            self.add_file(entry)
+            self.add(_ZEROS[: -size % BLOCK])
+            return
+        view = self._view
         try:
             fd = os.open(entry.disk_path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError as e:
             raise NixlayerError(f"{_show(entry)}: cannot read it: {e.strerror}") from None
         try:
-            start = self._used + len(header)
-            end = start + size
-            padded = end + -size % BLOCK
-            if padded >= READ_CHUNK:
-                self.add(header)
-                self._read(fd, entry, size)
-                self.add(_ZEROS[: -size % BLOCK])
-                return
-            view = self._view
             count = os.readv(fd, (view[start : end + 1],))
             if count != size:
                 if count > size:
@@ -447,13 +447,24 @@ class _Buffers:
         view[end:padded] = _ZEROS[: padded - end]
         self._used = padded
 
-    def _read(self, fd: int, entry: Entry, remaining: int) -> None:
-        """The ``remaining`` bytes of an open file, and a check that no more follow.
+    def add_file(self, entry: Entry) -> None:
+        """Exactly ``entry.size`` bytes, never following a symlink swapped in.
 
         Each read asks for one byte more than is left, where the buffer has room: a
         file that grew fills it, and one that has not returns short (a regular file
         reads short only at its end), which saves a read to see the end.
         """
+        try:
+            fd = os.open(entry.disk_path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as e:
+            raise NixlayerError(f"{_show(entry)}: cannot read it: {e.strerror}") from None
+        try:
+            self._read(fd, entry, entry.size)
+        finally:
+            os.close(fd)
+
+    def _read(self, fd: int, entry: Entry, remaining: int) -> None:
+        """The ``remaining`` bytes of an open file, and a check that no more follow."""
         if remaining:
             while True:
                 if self._used == READ_CHUNK:

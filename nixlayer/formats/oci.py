@@ -233,15 +233,10 @@ def _ref(descriptor: dict[str, Any]) -> Any:
     return annotations.get(REF_NAME) if isinstance(annotations, dict) else None
 
 
-def _largest_first(
-    make: Callable[[Layer], tuple[CachedLayer, bool]], layers: tuple[Layer, ...]
-) -> list[tuple[CachedLayer, bool]]:
-    """``make`` of each layer on ``WORKERS`` threads, the largest started first (a large
-    layer started last would run alone at the end), the results in the layers' order."""
-    order = sorted(range(len(layers)), key=lambda i: layers[i].size_hint, reverse=True)
-    with ThreadPoolExecutor(WORKERS) as pool:
-        made = dict(zip(order, pool.map(make, [layers[i] for i in order]), strict=True))
-    return [made[i] for i in range(len(layers))]
+def _largest_first(layers: tuple[Layer, ...]) -> list[int]:
+    """The order to start making the layers in on ``WORKERS`` threads: the largest first,
+    as a large layer started last would run alone at the end, a core idle."""
+    return sorted(range(len(layers)), key=lambda i: layers[i].size_hint, reverse=True)
 
 
 def write_oci_layout(
@@ -266,7 +261,11 @@ def write_oci_layout(
         on_layer()
         return result
 
-    results = _largest_first(one, spec.all_layers)
+    all_layers = spec.all_layers
+    order = _largest_first(all_layers)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        made = dict(zip(order, pool.map(one, [all_layers[i] for i in order]), strict=True))
+    results = [made[i] for i in range(len(all_layers))]
     layers = tuple(layer for layer, _ in results)
     config = config_json(spec, [layer.diff_id.removeprefix("sha256:") for layer in layers])
     config_digest = _put_blob(folder, config)
