@@ -272,10 +272,11 @@ def write_layer(
     written by ``write``. In a layer of large files, another thread writes (and so
     compresses, for a compressed blob) while this one reads and hashes the next
     buffer: reads, hashlib, zlib and zstandard release the GIL. Among small files,
-    where the time goes to Python between system calls, a second thread (even one
-    that only hashes) makes the run slower on a busy machine: it waits for a core
-    while this one waits for a free buffer. So this thread does all; and where
-    ``WRITER_THREAD`` is off. ``write`` must not keep the memoryview it is given.
+    where the time goes to Python between system calls, a second thread, even one
+    that only hashes, was measured slower on a busy machine (0.91 s against 0.77 s
+    for 116,000 files): its hand-overs wait for the GIL and for a core. So this
+    thread does all; and where ``WRITER_THREAD`` is off. ``write`` must not keep the
+    memoryview it is given.
 
     Stops with an error if a file no longer has the size it had when the layer
     was laid out: the bytes would not match the size already announced.
