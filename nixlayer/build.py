@@ -128,7 +128,8 @@ def plan_image(
     budget = layer_budget(max_layers, base, bool(entries))
     plan = make_plan(closure, strategy, budget, roots, previous, groups)
     layers: list[Layer] = [
-        StoreLayer(layer.paths, root_bytes, closure.store_dir) for layer in plan.layers
+        StoreLayer(layer.paths, root_bytes, closure.store_dir, layer.nar_size)
+        for layer in plan.layers
     ]
     if entries:
         layers.append(EntriesLayer(tuple(entries), describe(customisation)))

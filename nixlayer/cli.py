@@ -8,10 +8,9 @@ import signal
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from tqdm import tqdm
 
 from nixlayer.build import (
     ClosureInput,
@@ -51,7 +50,9 @@ from nixlayer.readers import INPUT_FORMATS
 from nixlayer.runconfig import RunFlags
 from nixlayer.settings import DEFAULT_KEY, load_attrs_settings
 from nixlayer.strategies import DEFAULT_STRATEGY, STRATEGIES
-from nixlayer.verify import format_report, verify_image
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 try:  # typer ≥ 0.29 carries its own click; older ones use the click package
     from typer.exceptions import TyperException as UsageProblem
@@ -293,11 +294,15 @@ def _source(ctx: typer.Context, name: str) -> str | None:
 
 class _Progress:
     """Bytes and layers on stderr, only when a person is watching. tqdm is not even
-    created otherwise: it makes a lock in /dev/shm, where a Nix build must not write."""
+    created otherwise: it makes a lock in /dev/shm, where a Nix build must not write;
+    nor imported, which would cost every scripted run its startup time."""
 
     def __init__(self, total: int, quiet: bool) -> None:
-        shown = not quiet and sys.stderr.isatty()
-        self.bar = tqdm(total=total, unit="B", unit_scale=True) if shown else None
+        self.bar: tqdm | None = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="B", unit_scale=True)
         self.layers = 0
 
     def update(self, count: int) -> None:
@@ -439,6 +444,8 @@ def verify_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Re-read an image and check every digest, size and diff_id; exit 1 on a problem."""
+    from nixlayer.verify import format_report, verify_image  # only this command needs it
+
     report = verify_image(image)
     print(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
     if not report.ok:

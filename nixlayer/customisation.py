@@ -13,7 +13,7 @@ import os
 import posixpath
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from nixlayer.closure import Closure
@@ -224,7 +224,7 @@ def _add_files(root: _Root, add: AddFiles) -> None:
             continue  # the image root itself, when DEST is /
         mode = add.mode if index == 0 and add.mode is not None else _root_mode(entry)
         explicit = index == 0 or entry.kind is not Kind.DIRECTORY
-        root.put(replace(entry, mode=mode), origin, explicit)
+        root.put(entry._replace(mode=mode), origin, explicit)
 
 
 def customisation_entries(

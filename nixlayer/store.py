@@ -11,7 +11,8 @@ import enum
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import NamedTuple
 
 from nixlayer.closure import Closure
 from nixlayer.errors import NixlayerError
@@ -29,14 +30,16 @@ class Kind(enum.Enum):
     SYMLINK = "symlink"
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One file, directory or symlink of a store path.
 
     ``name`` is the archive name without a leading slash (``nix/store/<base>/…``);
     ``disk_path`` is where it is read from; ``inode`` is set for files with more
     than one hard link, so that twins inside one layer can be stored once. Store
     entries belong to root; only entries the user asks for get another ``owner``.
+
+    A named tuple rather than a frozen dataclass: a store of a million files makes a
+    million entries, and a tuple is made in a fifth of the time.
     """
 
     name: bytes

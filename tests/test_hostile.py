@@ -837,3 +837,20 @@ def test_no_clobber_holds_when_the_file_appears_during_the_write(tmp_path: Path)
         out.write_bytes(b"someone else's")
     assert out.read_bytes() == b"someone else's"
     assert os.listdir(tmp_path) == ["image.tar"]
+
+
+def test_a_named_pipe_as_destination_is_written_into_not_replaced(tmp_path: Path) -> None:
+    """As ``-o /dev/null`` must be: a file renamed over it would replace the device."""
+    store = _small_store(tmp_path, 1024)
+    expected = tmp_path / "image.tar"
+    assert store.build(expected, "--no-cache").returncode == 0
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = store.build(fifo, "--no-cache")
+    reader.join(timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert received == [expected.read_bytes()]

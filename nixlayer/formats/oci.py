@@ -263,6 +263,12 @@ def _ref(descriptor: dict[str, Any]) -> Any:
     return annotations.get(REF_NAME) if isinstance(annotations, dict) else None
 
 
+def _largest_first(layers: tuple[Layer, ...]) -> list[int]:
+    """The order to start making the layers in on ``WORKERS`` threads: the largest first,
+    as a large layer started last would run alone at the end, a core idle."""
+    return sorted(range(len(layers)), key=lambda i: layers[i].size_hint, reverse=True)
+
+
 def write_oci_layout(
     spec: ImageSpec,
     folder: Path,
@@ -310,13 +316,16 @@ def _write_layout(
         on_layer()
         return result
 
+    all_layers = spec.all_layers
+    order = _largest_first(all_layers)
     with ThreadPoolExecutor(WORKERS) as pool:
         try:
-            results = list(pool.map(one, spec.all_layers))
+            made = dict(zip(order, pool.map(one, [all_layers[i] for i in order]), strict=True))
         except BaseException:  # an error, Ctrl-C or SIGTERM: stop the others, not wait
             stop.set()
             pool.shutdown(cancel_futures=True)
             raise
+    results = [made[i] for i in range(len(all_layers))]
     layers = tuple(layer for layer, _ in results)
     config = config_json(spec, [layer.diff_id.removeprefix("sha256:") for layer in layers])
     config_digest = _put_blob(folder, config)
