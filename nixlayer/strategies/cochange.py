@@ -139,9 +139,10 @@ def _runs(g: _Graph, limit: float) -> tuple[list[list[int]], list[int]]:
     for index, top in enumerate(tops):
         run.append(top)
         filled += cut[index]
-        following = cut[index + 1] if index + 1 < len(tops) else _LONGEST_RUN
+        last = index + 1 == len(tops)
+        following = 0.0 if last else cut[index + 1]
         chosen = filled >= _SHORTEST_RUN and cut[index] >= 1.0 - g.chance[top]
-        if chosen or following >= 1.0 or filled + following > _LONGEST_RUN:
+        if last or chosen or following >= 1.0 or filled + following > _LONGEST_RUN:
             runs.append(run)
             run, filled = [], 0.0
     return runs, joined
