@@ -33,6 +33,18 @@ def build_graph(closure: Closure) -> nx.DiGraph:
     raise NixlayerError(f"{closure.source}: the references form a cycle: {members}")
 
 
+def induced(graph: nx.DiGraph, keep: set[str]) -> nx.DiGraph:
+    """The part of the graph on ``keep`` as a graph of its own, nodes in the same
+    order; the graph itself when it keeps everything. (A networkx subgraph view makes
+    every lookup slow, and copying one takes seconds on 200,000 paths.)"""
+    if len(keep) == graph.number_of_nodes():
+        return graph
+    part = nx.DiGraph()
+    part.add_nodes_from((node, data) for node, data in graph.nodes(data=True) if node in keep)
+    part.add_edges_from((user, ref) for user in part for ref in graph.succ[user] if ref in keep)
+    return part
+
+
 def find_roots(graph: nx.DiGraph, explicit: Iterable[str] = (), source: str = "") -> list[str]:
     """The paths the image is for: those given, or else those nothing references."""
     explicit = list(explicit)

@@ -97,7 +97,7 @@ def _prepare(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> _Graph:
     for position, node in enumerate(sorted(everyone, key=keys.__getitem__)):
         rank[node] = position
     size = [data for _, data in graph.nodes(data="nar_size")]  # in ix.nodes order
-    largest = sorted((n for n in everyone if not is_root[n]), key=lambda n: -size[n])
+    largest = sorted((n for n in everyone if not is_root[n]), key=lambda n: (-size[n], rank[n]))
     fixed = set(largest[: budget // 2])
 
     def climb(node: int) -> tuple[int, int, int] | None:
