@@ -15,6 +15,7 @@ import networkx as nx
 
 from nixlayer.closure import Closure
 from nixlayer.errors import NixlayerError
+from nixlayer.gcpause import no_cycle_collection
 from nixlayer.graph import build_graph, find_roots, induced
 from nixlayer.strategies import STRATEGIES
 
@@ -99,6 +100,7 @@ def _layer_from_json(layer: dict[str, Any]) -> PlanLayer:
     return PlanLayer(paths, sizes)
 
 
+@no_cycle_collection()
 def make_plan(
     closure: Closure,
     strategy: str,

@@ -15,7 +15,6 @@ memory of its file, not 3.4 times it as with ``json.loads``.
 
 from __future__ import annotations
 
-import gc
 import json
 import re
 import sys
@@ -27,6 +26,7 @@ from typing import IO, Any
 
 from nixlayer.closure import DEFAULT_STORE_DIR, Closure, RawEntry, make_closure
 from nixlayer.errors import NixlayerError
+from nixlayer.gcpause import no_cycle_collection
 from nixlayer.jsonstream import TextWindow, load
 
 INPUT_FORMATS = (
@@ -80,7 +80,7 @@ def read_closure(
     """
     source = "<stdin>" if path == _STDIN else str(path)
     shape = _check_options(input_format, attrs_key)
-    with _no_cycle_collection(), _open_input(path, source) as file:
+    with no_cycle_collection(), _open_input(path, source) as file:
         parsed = _parse(TextWindow(file, source), shape, attrs_key, source)
         directory = _settle_store_dir(parsed.store_dirs, store_dir, source)
         entries = parsed.entries
@@ -88,20 +88,6 @@ def read_closure(
             shared: dict[str, str] = {}
             entries = [_in_store(entry, directory, shared) for entry in entries]
         return make_closure(entries, directory, source)
-
-
-@contextmanager
-def _no_cycle_collection() -> Iterator[None]:
-    """Python's cycle collector runs every few hundred new containers and, as they
-    survive, walks all of them again: reading a closure makes millions of objects
-    and no cycle, so that work (a quarter of the time for 200,000 paths) is wasted."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _check_options(input_format: str | None, attrs_key: str | None) -> str | None:

@@ -488,6 +488,12 @@ _EMISSION_RUNS = (
 )
 
 
+def _judged(name: str, target: str, met: bool) -> tuple[str, str]:
+    """The target and verdict for the run issue #7 sets them for (the CLI onto stdout
+    into /dev/null); the pipe and the library alone are shown to tell costs apart."""
+    return (target, verdict(met)) if name == "cli" else ("", "")
+
+
 def library_seconds(result: Run) -> float:
     return float(json.loads(result.stdout)["seconds"])
 
@@ -510,8 +516,7 @@ def bench_large(options: Options) -> list[Row]:
                 rate(size, seconds, "GB/s"),
                 f"tar|openssl {rate(size, pipeline, 'GB/s')}",
                 f"{pipeline / seconds:.2f}x",
-                "≥1 GB/s, ≥0.9x",
-                verdict(speed >= 1 and pipeline / seconds >= 0.9),
+                *_judged(name, "≥1 GB/s, ≥0.9x", speed >= 1 and pipeline / seconds >= 0.9),
             )
         )
         if name == "cli":
@@ -550,6 +555,7 @@ def bench_small(options: Options) -> list[Row]:
     rows = []
     for name, what in _EMISSION_RUNS:
         seconds = library_seconds(runs[name]) if name == "library" else runs[name].seconds
+        met = n / seconds >= 40_000 and pipeline / seconds >= 0.5
         rows.append(
             Row(
                 "2",
@@ -557,8 +563,7 @@ def bench_small(options: Options) -> list[Row]:
                 rate(n, seconds, "entries/s"),
                 f"tar|openssl {rate(n, pipeline, 'entries/s')}",
                 f"{pipeline / seconds:.2f}x",
-                "≥40,000/s, ≥0.5x",
-                verdict(n / seconds >= 40_000 and pipeline / seconds >= 0.5),
+                *_judged(name, "≥40,000/s, ≥0.5x", met),
             )
         )
     if options.cold:
