@@ -19,6 +19,7 @@ from nixlayer.measure import push_cost
 from nixlayer.plan import Plan, make_plan
 from nixlayer.strategies import STRATEGIES
 from nixlayer.strategies.auto import auto
+from nixlayer.strategies.cochange import _first_fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from synthetic import SCENARIOS, generate, path_info, upgrade
@@ -210,3 +211,18 @@ def test_previous_without_room_releases_the_smallest_layers(synthetic: dict[str,
     smallest = frozenset(min(old.layers, key=lambda layer: layer.nar_size).paths)
     assert smallest not in new.layer_sets()
     assert sum(s in new.layer_sets() for s in old.layer_sets()) == 99
+
+
+@settings(max_examples=200, deadline=None)
+@given(threshold=st.integers(0, 400), start=st.integers(0, 300), top=st.integers(1, 300))
+def test_the_price_limit_search_finds_the_first_step_that_fits(
+    threshold: int, start: int, top: int
+) -> None:
+    tried: list[int] = []
+
+    def fits(step: int) -> bool:
+        tried.append(step)
+        return step >= threshold
+
+    assert _first_fit(fits, min(start, top), top) == min(threshold, top)
+    assert all(0 <= step <= top for step in tried)
