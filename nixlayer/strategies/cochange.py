@@ -29,6 +29,8 @@ Given a price limit T, two passes make the layers:
    chunking, as in rsync or restic). As chunkers do, a run is not cut before it
    carries a quarter of one expected cut's weight and is always cut before one and
    a half: fewer tiny and huge runs, for a change that may move the cut after it.
+   A run also ends before a group that changes more than twice as often as its
+   first: the rarely changing would travel with it.
 
 Roots never join or take in others. T is the smallest value of a fixed ladder
 (eight steps per doubling) whose layers fit the budget; a graph that differs a
@@ -50,6 +52,7 @@ from nixlayer.strategies.reach import Indexed, indexed, indexed_reach_sums, name
 
 _STEPS_PER_DOUBLING = 8
 _SHORTEST_RUN, _LONGEST_RUN = 0.25, 1.5  # in expected cuts: what a run carries at least, at most
+_RATE_SPAN = 2  # a run's change counts stay within this factor of its first group's
 
 
 @dataclass(frozen=True)
@@ -160,10 +163,13 @@ def _runs(g: _Graph, limit: float) -> tuple[list[list[int]], list[int]]:
     for index, top in enumerate(tops):
         run.append(top)
         filled += cut[index]
-        last = index + 1 == len(tops)
-        following = 0.0 if last else cut[index + 1]
+        if index + 1 == len(tops):
+            runs.append(run)
+            break
+        following = tops[index + 1]
         chosen = filled >= _SHORTEST_RUN and cut[index] >= 1.0 - g.chance[top]
-        if last or chosen or following >= 1.0 or filled + following > _LONGEST_RUN:
+        faster = g.changes[following] > _RATE_SPAN * g.changes[run[0]]
+        if chosen or faster or cut[index + 1] >= 1.0 or filled + cut[index + 1] > _LONGEST_RUN:
             runs.append(run)
             run, filled = [], 0.0
     return runs, joined
