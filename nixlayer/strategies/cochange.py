@@ -80,10 +80,11 @@ def cochange(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> list[list[
     def fits(step: int) -> bool:
         return len(_runs(g, _limit(step))[0]) + len(g.roots) <= budget
 
-    weight = sum(g.size[n] * g.changes[n] for n in g.beside_order)  # about T a layer
+    weight = sum(g.size[n] * g.changes[n] for n in g.beside_order)  # a run carries about T
     estimate = round(_STEPS_PER_DOUBLING * math.log2(max(2.0, weight / budget)))
     top = _STEPS_PER_DOUBLING * (max(1, sum(g.size)) * len(g.size)).bit_length()
-    return _within_budget(_layers(g, _limit(_first_fit(fits, min(estimate, top), top))), g, budget)
+    step = _first_fit(fits, min(estimate, top), top)
+    return _within_budget(_layers(g, _limit(step)), g, budget)
 
 
 def _first_fit(fits: Callable[[int], bool], start: int, top: int) -> int:
