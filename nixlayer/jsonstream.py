@@ -19,7 +19,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from json.decoder import scanstring
 from typing import IO, Any
 
@@ -116,11 +116,19 @@ class TextWindow:
             if not self._more():
                 return ""
 
-    def rest(self) -> str:
-        """All the text not consumed yet (for formats that are not JSON)."""
-        while self._more():
-            pass
-        return self.text[self.pos :]
+    def lines(self) -> Iterator[str]:
+        """The text not consumed yet, a line at a time without its newline, read as it
+        goes (for formats that are not JSON)."""
+        while True:
+            end = self.text.find("\n", self.pos)
+            if end >= 0:
+                line, self.pos = self.text[self.pos : end], end + 1
+                yield line
+            elif not self._more():
+                if self.pos < len(self.text):
+                    line, self.pos = self.text[self.pos :], len(self.text)
+                    yield line
+                return
 
     def where(self, pos: int) -> tuple[int, int]:
         """Line and column (from 1) of position ``pos`` of ``text``."""

@@ -15,6 +15,7 @@ memory of its file, not 3.4 times it as with ``json.loads``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sys
@@ -120,10 +121,10 @@ def _open_input(path: Path, source: str) -> Iterator[IO[bytes]]:
 
 def _parse(window: TextWindow, shape: str | None, attrs_key: str | None, source: str) -> _Parsed:
     """The file streams through ``jsonstream``, which keeps of each entry only the
-    fields read here (``_compactor``); references-graph text is read whole."""
+    fields read here (``_compactor``), and references-graph text a line at a time."""
     first = window.first_visible()
     if shape == "references-graph" or (shape is None and first not in ("[", "{")):
-        return _Parsed(_parse_references_graph(window.rest(), source), store_dirs=[])
+        return _Parsed(_parse_references_graph(window.lines(), source), store_dirs=[])
     # The top level's members other than store paths are walked too: "info", and
     # the exportReferencesGraph lists of an .attrs.json, hold the entries.
     data = load(window, _compactor(), stream=lambda key: not key.startswith("/"))
@@ -403,34 +404,47 @@ def _in_store(entry: RawEntry, store_dir: str, shared: dict[str, str]) -> RawEnt
     )
 
 
-def _parse_references_graph(text: str, source: str) -> list[RawEntry]:
+def _parse_references_graph(lines: Iterable[str], source: str) -> list[RawEntry]:
     """Plain ``exportReferencesGraph`` text: per path, a path line, a deriver line
-    (empty unless Nix shows derivers), the number of references, then one line each."""
-    lines = text.rstrip("\n").split("\n")
+    (empty unless Nix shows derivers), the number of references, then one line each.
+    Read a line at a time; each store path is kept once, however often it is named."""
+    numbered = enumerate(_without_trailing_blank_lines(lines), 1)
+    share = {}.setdefault
     entries = []
-    start = 0
-    while start < len(lines):
-        path = lines[start]
-        if start + 2 >= len(lines):
+    for number, path in numbered:
+        header = list(itertools.islice(numbered, 2))  # the deriver, the count
+        if len(header) < 2:
             raise NixlayerError(
-                f"{source}: line {start + 1}: the record for {_show(path)} ends "
+                f"{source}: line {number}: the record for {_show(path)} ends "
                 "before its number of references"
             )
-        count = lines[start + 2]
+        count_line, count = header[1]
         if not _COUNT.fullmatch(count):
             raise NixlayerError(
-                f"{source}: line {start + 3}: expected the number of references of "
+                f"{source}: line {count_line}: expected the number of references of "
                 f"{_show(path)}, found {_show(count)}"
             )
-        references = lines[start + 3 : start + 3 + int(count)]
+        references = [share(ref, ref) for _, ref in itertools.islice(numbered, int(count))]
         if len(references) < int(count):
             raise NixlayerError(
-                f"{source}: line {start + 3}: {_show(path)} has {count} references, "
+                f"{source}: line {count_line}: {_show(path)} has {count} references, "
                 f"but only {len(references)} lines follow"
             )
-        entries.append(RawEntry(path=path, references=tuple(references)))
-        start += 3 + len(references)
+        entries.append(RawEntry(path=share(path, path), references=tuple(references)))
     return entries
+
+
+def _without_trailing_blank_lines(lines: Iterable[str]) -> Iterator[str]:
+    """The lines, less the empty ones at the end (a file may end in several newlines);
+    empty lines before a line with text are kept, and read as what they are."""
+    held = 0
+    for line in lines:
+        if line:
+            yield from itertools.repeat("", held)
+            held = 0
+            yield line
+        else:
+            held += 1
 
 
 def _expect_object(value: Any, what: str, source: str) -> _JsonObject:
