@@ -124,17 +124,17 @@ def _prepare(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> _Graph:
     size = [data for _, data in graph.nodes(data="nar_size")]  # in ix.nodes order
     largest = sorted((n for n in everyone if not is_root[n]), key=lambda n: (-size[n], rank[n]))
     fixed = set(largest[: budget // 2])
+    by_change = [changes[n] * len(rank) + rank[n] for n in everyone]  # change count, then name
 
     def climb(node: int) -> tuple[int, int, int] | None:
         users = [u for u in ix.pred[node] if not is_root[u]]
         if is_root[node] or node in fixed or not users:
             return None
-        user = min(users, key=lambda u: (changes[u], rank[u]))
+        user = min(users, key=by_change.__getitem__)
         return node, user, changes[user] - changes[node]
 
     climbs = [c for c in map(climb, reversed(ix.order)) if c is not None]
-    beside_order = sorted((n for n in everyone if not is_root[n]),
-                          key=lambda n: (changes[n], rank[n]))  # fmt: skip
+    beside_order = sorted((n for n in everyone if not is_root[n]), key=by_change.__getitem__)
     chance = [_chance(key[0]) for key in keys]
     cap = 2 * max(1, sum(size)) / budget
     root_list = [n for n in everyone if is_root[n]]
@@ -157,7 +157,8 @@ def _runs(g: _Graph, limit: float) -> tuple[list[list[int]], list[int]]:
             joined[node] = user
             group_size[user] += group_size[node]
     tops = [node for node in g.beside_order if joined[node] < 0]
-    cut = [group_size[t] * g.changes[t] / limit + group_size[t] / g.cap for t in tops]
+    changes, per_byte = g.changes, 1 / g.cap
+    cut = [group_size[t] * (changes[t] / limit + per_byte) for t in tops]
     runs: list[list[int]] = []
     run: list[int] = []
     filled = 0.0
@@ -169,7 +170,7 @@ def _runs(g: _Graph, limit: float) -> tuple[list[list[int]], list[int]]:
             break
         following = tops[index + 1]
         chosen = filled >= _SHORTEST_RUN and cut[index] >= 1.0 - g.chance[top]
-        faster = g.changes[following] > _RATE_SPAN * g.changes[run[0]]
+        faster = changes[following] > _RATE_SPAN * changes[run[0]]
         if chosen or faster or cut[index + 1] >= 1.0 or filled + cut[index + 1] > _LONGEST_RUN:
             runs.append(run)
             run, filled = [], 0.0
