@@ -25,7 +25,7 @@ from synthetic import SCENARIOS, generate, path_info, upgrade
 from nixlayer.closure import Closure, RawEntry, make_closure
 from nixlayer.measure import PushCost, push_cost
 from nixlayer.plan import make_plan
-from nixlayer.strategies import STRATEGIES
+from nixlayer.strategies import DEFAULT_STRATEGY, STRATEGIES
 
 MIB = 1 << 20
 
@@ -38,20 +38,41 @@ class Row:
     cost: PushCost
     layers: int
 
-    def line(self) -> str:
+    def line(self, target: str = "") -> str:
         c = self.cost
         sizes = (c.floor, c.pushed, c.excess, c.chain)
         return (
             f"{self.scenario:<16} {self.strategy:<11} {'yes' if self.previous else 'no':<4} "
             + " ".join(f"{size / MIB:>9.1f}" for size in sizes)
-            + f" {c.ratio or 1.0:>7.2f} {self.layers:>6}"
+            + f" {c.ratio or 1.0:>7.2f} {self.layers:>6}  {target}"
         )
 
 
 HEADER = (
     f"{'scenario':<16} {'strategy':<11} {'prev':<4} {'floor':>9} {'pushed':>9} "
-    f"{'excess':>9} {'chain':>9} {'ratio':>7} {'layers':>6}"
+    f"{'excess':>9} {'chain':>9} {'ratio':>7} {'layers':>6}  issue #5's target (default)"
 )
+_EXCESS_TARGET = ("app", "leaf", "mid", "add-dependency")  # with --previous
+
+
+def target(row: Row, rows: list[Row]) -> str:
+    """Issue #5's criteria, for the default strategy: pushes no more than the others on
+    the same scenario; with --previous, excess within 10 % of the floor or 1 MiB."""
+    if row.strategy != DEFAULT_STRATEGY:
+        return ""
+    verdicts = []
+    others = [r.cost.pushed for r in rows if r.strategy != row.strategy
+              and (r.scenario, r.previous) == (row.scenario, row.previous)]  # fmt: skip
+    if others:
+        verdicts.append(f"<= others: {_verdict(row.cost.pushed <= min(others))}")
+    if row.previous and row.scenario in _EXCESS_TARGET:
+        limit = max(row.cost.floor // 10, MIB)
+        verdicts.append(f"excess <= {limit / MIB:.1f}: {_verdict(row.cost.excess <= limit)}")
+    return ", ".join(verdicts)
+
+
+def _verdict(met: bool) -> str:
+    return "yes" if met else "NO"
 
 
 def closure_of(entries: list[dict[str, object]], name: str) -> Closure:
@@ -93,7 +114,7 @@ def main() -> None:
         print(HEADER)
         print("-" * len(HEADER))
         for row in sorted(rows, key=lambda r: (SCENARIOS.index(r.scenario), r.previous)):
-            print(row.line())
+            print(row.line(target(row, rows)))
         for strategy, took in seconds.items():
             print(f"planning {paths} paths with {strategy}: {took:.2f} s")
 
