@@ -9,6 +9,7 @@ so that one layer's metadata at a time sits in memory.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,11 +120,10 @@ class BlobLayer:
     """A layer that exists already, e.g. in a base image: ``open`` gives its blob.
 
     A compressed blob is decompressed once into a temporary file, since an
-    archive needs the uncompressed size before the bytes; its diff_id is checked
-    on the way, so that a corrupt base image stops the build. Its tar is read
-    member by member before it is copied, as ``verify`` reads one: a name that is
-    absolute, climbs with ``..`` or comes twice would reach whoever unpacks the new
-    image, so it stops the build too.
+    archive needs the uncompressed size before the bytes. The tar is then read
+    through once, as ``verify`` reads one: its diff_id is checked, so that a corrupt
+    base image stops the build, and so does a member name that is absolute, climbs
+    with ``..`` or comes twice, which would reach whoever unpacks the new image.
     """
 
     diff_id: str
@@ -150,8 +150,7 @@ class BlobLayer:
             self._check_tar(self.open)
             return _Blob(self, self.open, self.blob_size)
         spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed once streamed)
-        digest = _copy_decompressed(self, spool)
-        self.check(digest)
+        _copy_decompressed(self, spool)
         size = spool.tell()
         spool.flush()
         self._check_tar(lambda: reopenable(spool).open("rb"))
@@ -165,10 +164,10 @@ class BlobLayer:
     def _check_tar(self, opener: Callable[[], IO[bytes]]) -> None:
         """The uncompressed tar, read through once: its diff_id and its members."""
         read = read_layer(opener, None, f"layer {self.diff_id}")
+        self.check(read.digest.removeprefix("sha256:"))  # first: is it the layer at all
         if read.problems:
             more = f" (and {len(read.problems) - 1} more)" if len(read.problems) > 1 else ""
             raise NixlayerError(f"{self.source}: {read.problems[0]}{more}")
-        self.check(read.digest.removeprefix("sha256:"))
 
     def identity(self, mtime: int) -> dict[str, Any] | None:
         return {"diff_id": self.diff_id}
@@ -178,17 +177,13 @@ class BlobLayer:
             raise NixlayerError(f"{self.source}: layer {self.diff_id} does not match its diff_id")
 
 
-def _copy_decompressed(layer: BlobLayer, out: IO[bytes]) -> str:
-    digest = hashlib.sha256()
+def _copy_decompressed(layer: BlobLayer, out: IO[bytes]) -> None:
+    """The layer's tar into ``out``; its diff_id is checked when it is read back."""
     try:
         with layer.open() as blob:
-            stream = decompressing(blob, layer.compression)
-            while data := stream.read(_CHUNK):
-                digest.update(data)
-                out.write(data)
+            shutil.copyfileobj(decompressing(blob, layer.compression), out, _CHUNK)
     except READ_ERRORS as error:
         raise NixlayerError(f"{layer.source}: layer {layer.diff_id} is corrupt: {error}") from None
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -254,4 +254,5 @@ def _plain_output(destination: str) -> Iterator[BinaryIO]:
         sys.stdout.buffer.flush()
         return
     with open(destination, "wb", buffering=_BUFFER) as out:
+        _widen_pipe(out)  # a named pipe given as -o
         yield out

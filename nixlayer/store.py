@@ -57,11 +57,19 @@ def store_path_on_disk(store_root: bytes, store_path: str) -> bytes:
     return os.path.join(store_root, os.fsencode(store_path).lstrip(b"/"))
 
 
+def _directory(name: bytes, disk_path: bytes) -> Entry:
+    return Entry(name, Kind.DIRECTORY, DIR_MODE, disk_path=disk_path)
+
+
+def _symlink(name: bytes, disk_path: bytes) -> Entry:
+    return Entry(name, Kind.SYMLINK, SYMLINK_MODE, target=os.readlink(disk_path))
+
+
 def _entry(name: bytes, disk_path: bytes, st: os.stat_result) -> Entry:
     if stat.S_ISDIR(st.st_mode):
-        return Entry(name, Kind.DIRECTORY, DIR_MODE, disk_path=disk_path)
+        return _directory(name, disk_path)
     if stat.S_ISLNK(st.st_mode):
-        return Entry(name, Kind.SYMLINK, SYMLINK_MODE, target=os.readlink(disk_path))
+        return _symlink(name, disk_path)
     if stat.S_ISREG(st.st_mode):
         mode = EXECUTABLE_MODE if st.st_mode & stat.S_IXUSR else FILE_MODE  # as Nix decides
         inode = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
@@ -99,21 +107,13 @@ def _walk_folder(name: bytes, disk_path: bytes, pending: list[Entry]) -> Iterato
     with os.scandir(disk_path) as children:
         for child in children:
             if child.is_dir(follow_symlinks=False):
-                entry = Entry(prefix + child.name, Kind.DIRECTORY, DIR_MODE, disk_path=child.path)
+                entry = _directory(prefix + child.name, child.path)
                 pending.append(entry)
                 yield entry
             elif child.is_symlink():
-                target = os.readlink(child.path)
-                yield Entry(prefix + child.name, Kind.SYMLINK, SYMLINK_MODE, target=target)
+                yield _symlink(prefix + child.name, child.path)
             else:
-                st = child.stat(follow_symlinks=False)
-                if not stat.S_ISREG(st.st_mode):
-                    _entry(prefix + child.name, child.path, st)  # raises: a special file
-                mode = EXECUTABLE_MODE if st.st_mode & stat.S_IXUSR else FILE_MODE
-                inode = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
-                yield Entry(
-                    prefix + child.name, Kind.FILE, mode, st.st_size, b"", child.path, inode
-                )
+                yield _entry(prefix + child.name, child.path, child.stat(follow_symlinks=False))
 
 
 def walk_tree(disk_root: bytes, name_root: bytes) -> Iterator[Entry]:

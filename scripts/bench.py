@@ -679,6 +679,22 @@ def _json_lines(output: bytes) -> dict[str, float]:
     return figures
 
 
+def _planning_child(
+    kind: str, closure: Path, strategy: str, options: Options
+) -> tuple[Run, dict[str, float]]:
+    """One planning child on a freshly read closure file: its run and its figures."""
+    closure.read_bytes()
+    result = run(
+        child(kind, closure, strategy),
+        subprocess.PIPE,
+        options.env,
+        timeout=options.plan_timeout,
+        check=False,
+        memory_limit=options.plan_memory,
+    )
+    return result, _json_lines(result.stdout)
+
+
 def bench_planning(options: Options) -> list[Row]:
     """Per size and strategy, two children: ``make_plan`` as the CLI runs it (closure
     to plan, graph.build_graph included), and the strategy alone on a graph built
@@ -698,16 +714,7 @@ def bench_planning(options: Options) -> list[Row]:
             figures: dict[str, float | None] = {}
             graph_too_slow = False
             for strategy in options.strategies:
-                closure.read_bytes()
-                alone = run(
-                    child("strategy", closure, strategy),
-                    subprocess.PIPE,
-                    options.env,
-                    timeout=timeout,
-                    check=False,
-                    memory_limit=options.plan_memory,
-                )
-                data = _json_lines(alone.stdout)
+                alone, data = _planning_child("strategy", closure, strategy, options)
                 note(f"planning: {paths} paths, {strategy} alone: {data}")
                 seconds = data.get("strategy")
                 figures[strategy] = seconds
@@ -723,16 +730,7 @@ def bench_planning(options: Options) -> list[Row]:
                 plan_seconds = None
                 plan_rss = 0
                 if not graph_too_slow:
-                    closure.read_bytes()
-                    result = run(
-                        child("plan", closure, strategy),
-                        subprocess.PIPE,
-                        options.env,
-                        timeout=timeout,
-                        check=False,
-                        memory_limit=options.plan_memory,
-                    )
-                    plan = _json_lines(result.stdout)
+                    result, plan = _planning_child("plan", closure, strategy, options)
                     note(f"planning: {paths} paths, {strategy} make_plan: {plan}")
                     plan_seconds, plan_rss = plan.get("plan"), result.maxrss_kb
                     if plan_seconds is not None:

@@ -6,7 +6,14 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from consumers import FixtureStore, ImageBuilds, Tools, load_fixture_generator, write_json
+from consumers import (
+    FixtureStore,
+    ImageBuilds,
+    Tools,
+    load_fixture_generator,
+    podman,
+    write_json,
+)
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +38,16 @@ def tools() -> Tools:
     if missing:
         pytest.skip(f"{', '.join(missing)} not on PATH: run scripts/install-test-deps.sh")
     return Tools(skopeo=str(found["skopeo"]), umoci=str(found["umoci"]))
+
+
+@pytest.fixture(scope="session")
+def podman_ready() -> None:
+    """Skip when podman is missing or cannot work on this machine, in its own words."""
+    if shutil.which("podman") is None:
+        pytest.skip("podman not on PATH: run scripts/install-test-deps.sh")
+    info = podman("info")
+    if info.returncode != 0:
+        pytest.skip(f"podman info failed: {info.stderr.strip()}")
 
 
 @pytest.fixture(scope="session")

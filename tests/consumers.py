@@ -78,6 +78,13 @@ def run_ok(*args: str | os.PathLike[str], **kwargs: Any) -> subprocess.Completed
     return result
 
 
+def podman(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """podman with its output captured, for the tests that load and run images."""
+    return subprocess.run(
+        ["podman", *map(str, args)], capture_output=True, text=True, check=False, timeout=300
+    )
+
+
 def _run_tool(argv: Sequence[str]) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
     assert result.returncode == 0, f"{' '.join(argv)} failed:\n{result.stderr}{result.stdout}"

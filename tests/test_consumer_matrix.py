@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,6 +60,7 @@ from consumers import (
     Tools,
     decompress,
     docker_reference,
+    podman,
     read_docker_archive,
     run_ok,
     sha256_hex,
@@ -255,22 +255,6 @@ def test_skopeo_finds_the_image_by_its_name(
         [tools.skopeo, "inspect", other_tag], capture_output=True, text=True, check=False
     )
     assert missing.returncode != 0, f"skopeo found {other_tag}"
-
-
-def podman(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["podman", *map(str, args)], capture_output=True, text=True, check=False, timeout=300
-    )
-
-
-@pytest.fixture(scope="module")
-def podman_ready() -> None:
-    """Skip when podman is missing or cannot work on this machine, in its own words."""
-    if shutil.which("podman") is None:
-        pytest.skip("podman not on PATH: run scripts/install-test-deps.sh")
-    info = podman("info")
-    if info.returncode != 0:
-        pytest.skip(f"podman info failed: {info.stderr.strip()}")
 
 
 PodmanLoad = Callable[[Path], str]

@@ -10,8 +10,6 @@ loaded into the machine's podman storage and removed afterwards.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from consumers import (
     build_reference_images,
     docker_reference,
     load_fixture_generator,
+    podman,
     run_ok,
     write_json,
 )
@@ -30,22 +29,6 @@ BUSYBOX = Path("/bin/busybox")
 BUSYBOX_NAME = "busybox-static"
 APPLETS = ("sh", "id")  # links to busybox in the store path; /bin/sh is the entrypoint
 TEST_IMAGE = "nixlayer-podman-test:latest"
-
-
-def podman(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["podman", *map(str, args)], capture_output=True, text=True, check=False, timeout=300
-    )
-
-
-@pytest.fixture(scope="module")
-def podman_works() -> None:
-    """Skip when podman is missing or cannot work on this machine, with its own words."""
-    if shutil.which("podman") is None:
-        pytest.skip("podman not on PATH: run scripts/install-test-deps.sh")
-    info = podman("info")
-    if info.returncode != 0:
-        pytest.skip(f"podman info failed: {info.stderr.strip()}")
 
 
 @pytest.fixture
@@ -92,7 +75,7 @@ def busybox_store(tmp_path_factory: pytest.TempPathFactory) -> FixtureStore:
 
 
 def test_busybox_image_loads_and_runs_as_user_1000(
-    podman_works: None, busybox_store: FixtureStore, loaded: list[str], tmp_path: Path
+    podman_ready: None, busybox_store: FixtureStore, loaded: list[str], tmp_path: Path
 ) -> None:
     image = tmp_path / "image.tar"
     run_ok(
@@ -110,7 +93,7 @@ def test_busybox_image_loads_and_runs_as_user_1000(
 
 
 def test_python_app_loads_under_its_name_with_its_config(
-    podman_works: None,
+    podman_ready: None,
     tmp_path_factory: pytest.TempPathFactory,
     loaded: list[str],
 ) -> None:
