@@ -194,7 +194,7 @@ class _Loader:
             seen: set[str] = set()
             twice = next(key for key, _ in pairs if key in seen or seen.add(key))
             raise NixlayerError(
-                f"{self.window.source}: the key {_show(twice)} appears twice in one object"
+                f"{self.window.source}: the key {show_json(twice)} appears twice in one object"
             )
         return fields
 
@@ -330,6 +330,7 @@ class _Loader:
             return key
 
 
-def _show(value: Any) -> str:
+def show_json(value: Any) -> str:
+    """A value as JSON on one line of at most 80 characters, for an error message."""
     text = json.dumps(value)
     return text if len(text) <= _SHOW else text[: _SHOW - 3] + "..."

@@ -16,7 +16,6 @@ memory of its file, not 3.4 times it as with ``json.loads``.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -28,7 +27,7 @@ from typing import IO, Any
 from nixlayer.closure import DEFAULT_STORE_DIR, Closure, RawEntry, make_closure
 from nixlayer.errors import NixlayerError
 from nixlayer.gcpause import no_cycle_collection
-from nixlayer.jsonstream import TextWindow, load
+from nixlayer.jsonstream import TextWindow, load, show_json
 
 INPUT_FORMATS = (
     "path-info-list",  # nix path-info --json, Nix <= 2.18 and Lix: [{"path": ...}, ...]
@@ -46,7 +45,6 @@ _COUNT = re.compile(r"[0-9]{1,18}")
 # SRI, nix32 and hex hashes, with or without an algorithm prefix: ASCII only, so that a
 # hash is safe to copy into image metadata later.
 _NAR_HASH = re.compile(r"[A-Za-z0-9+/=:_-]+")
-_SHOW_LIMIT = 80
 
 _JsonObject = dict[str, Any]
 # The fields of an entry that the readers use, in any Nix version.
@@ -476,8 +474,7 @@ def _show(value: Any) -> str:
     a list or object is named by its type only (it may be large or deeply nested)."""
     if isinstance(value, (list, dict)):
         return _json_type(value)
-    text = json.dumps(value)
-    return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 3] + "..."
+    return show_json(value)
 
 
 def _show_keys(keys: list[str]) -> str:
