@@ -213,16 +213,26 @@ def test_previous_without_room_releases_the_smallest_layers(synthetic: dict[str,
     assert sum(s in new.layer_sets() for s in old.layer_sets()) == 99
 
 
-@settings(max_examples=200, deadline=None)
-@given(threshold=st.integers(0, 400), start=st.integers(0, 300), top=st.integers(1, 300))
+@settings(max_examples=300, deadline=None)
+@given(
+    drops=st.lists(st.integers(0, 60), min_size=1, max_size=300),
+    wanted=st.integers(0, 400),
+    start=st.integers(0, 300),
+)
 def test_the_price_limit_search_finds_the_first_step_that_fits(
-    threshold: int, start: int, top: int
+    drops: list[int], wanted: int, start: int
 ) -> None:
+    """Any count that never rises with the step: the first step at or under ``wanted``
+    (or the top), each step tried at most once, none outside the range."""
+    counts = [sum(drops[step:]) for step in range(len(drops))]
+    top = len(counts) - 1
     tried: list[int] = []
 
-    def fits(step: int) -> bool:
+    def count(step: int) -> int:
         tried.append(step)
-        return step >= threshold
+        return counts[step]
 
-    assert _first_fit(fits, min(start, top), top) == min(threshold, top)
+    expected = next((step for step, c in enumerate(counts) if c <= wanted), top)
+    assert _first_fit(count, wanted, min(start, top), top) == expected
     assert all(0 <= step <= top for step in tried)
+    assert len(tried) == len(set(tried))

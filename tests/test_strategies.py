@@ -83,21 +83,46 @@ def test_scores_equal_a_brute_force_recount(graph: nx.DiGraph) -> None:
 def test_reach_sums_equal_a_brute_force_recount(
     graph: nx.DiGraph, values: list[int], upstream: bool, in_blocks: bool
 ) -> None:
-    """Both ways of summing (popcounts for few distinct weights, prefix sums for any)
-    and both ways of running (one pass, or blocks of 2 bit numbers)."""
+    """Both ways of summing (a popcount for one weight, prefix sums for any), both ways
+    of running (one pass, or the range split down to single positions when no set may
+    be kept), and the sums of a few wanted nodes."""
     weights = {node: values[node] for node in graph}
     reach_set = nx.ancestors if upstream else nx.descendants
     expected = {x: sum(weights[u] for u in reach_set(graph, x) | {x}) for x in graph}
-    many = {node: w * 1_000_003 + node for node, w in weights.items()}  # all distinct
-    expected_many = {x: sum(many[u] for u in reach_set(graph, x) | {x}) for x in graph}
-    limits = (0, 2) if in_blocks else (reach._ONE_PASS, reach._BLOCK)
-    saved = reach._ONE_PASS, reach._BLOCK
-    reach._ONE_PASS, reach._BLOCK = limits
+    counts = {x: len(reach_set(graph, x)) + 1 for x in graph}
+    ones = dict.fromkeys(graph, 1)
+    saved = reach._LIVE_BITS
+    reach._LIVE_BITS = 0 if in_blocks else saved
     try:
         assert reach.reach_sums(graph, weights, upstream) == expected
-        assert reach.reach_sums(graph, many, upstream) == expected_many
+        assert reach.reach_sums(graph, ones, upstream) == counts
     finally:
-        reach._ONE_PASS, reach._BLOCK = saved
+        reach._LIVE_BITS = saved
+    ix = reach.indexed(graph)
+    wanted = [values[node] != 1 for node in ix.nodes]
+    sums = reach.indexed_reach_sums(ix, [weights[n] for n in ix.nodes], upstream, wanted)
+    assert sums == [expected[n] if w else 0 for n, w in zip(ix.nodes, wanted, strict=True)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(dags(), st.lists(st.integers(0, 2), min_size=9, max_size=9), st.booleans())
+def test_closure_sums_equal_a_brute_force_recount(
+    graph: nx.DiGraph, groups: list[int], in_blocks: bool
+) -> None:
+    ix = reach.indexed(graph)
+    group_of = [groups[node] for node in ix.nodes]
+    sizes = [node * 10 + 1 for node in ix.nodes]
+    expected = [0] * (max(group_of) + 1)
+    for g in range(len(expected)):
+        members = [n for n in graph if groups[n] == g]
+        union = set(members).union(*(nx.descendants(graph, n) for n in members))
+        expected[g] = sum(n * 10 + 1 for n in union)
+    saved = reach._LIVE_BITS
+    reach._LIVE_BITS = 0 if in_blocks else saved
+    try:
+        assert reach.closure_sums(ix, sizes, group_of) == expected
+    finally:
+        reach._LIVE_BITS = saved
 
 
 def test_layers_most_popular_first_and_one_shared_top_layer() -> None:

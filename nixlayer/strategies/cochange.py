@@ -41,7 +41,9 @@ last, so that docker's layer chain breaks as high as possible.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import heapq
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,43 +70,73 @@ class _Graph:
     roots: list[int]
     climbs: list[tuple[int, int, int]]
     beside_order: list[int]
-    chance: list[float]
+    names: list[str]  # name-version
+    chances: dict[int, float]  # drawn as needed: few paths top a group
     cap: float  # bytes from which a group is always cut off
+
+    def chance(self, node: int) -> float:
+        if node not in self.chances:
+            self.chances[node] = _chance(self.names[node])
+        return self.chances[node]
 
 
 def cochange(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> list[list[str]]:
     """See the module's docstring. Cost: the change counts (see ``reach_sums``), then
-    O(V) per value of T tried: about six, searching out from an estimate."""
+    O(V) per value of T tried: three to five, searching out from an estimate."""
     g = _prepare(graph, roots, budget)
 
-    def fits(step: int) -> bool:
-        return len(_runs(g, _limit(step))[0]) + len(g.roots) <= budget
+    @functools.cache
+    def runs_at(step: int) -> tuple[list[list[int]], list[int]]:
+        return _runs(g, _limit(step))
 
     weight = sum(g.size[n] * g.changes[n] for n in g.beside_order)  # a run carries about T
     estimate = round(_STEPS_PER_DOUBLING * math.log2(max(2.0, weight / budget)))
     top = _STEPS_PER_DOUBLING * (max(1, sum(g.size)) * len(g.size)).bit_length()
-    step = _first_fit(fits, min(estimate, top), top)
-    return _within_budget(_layers(g, _limit(step)), g, budget)
+    wanted = max(budget - len(g.roots), 0)
+    step = _first_fit(lambda s: len(runs_at(s)[0]), wanted, min(estimate, top), top)
+    return _within_budget(_layers(g, *runs_at(step)), g, budget)
 
 
-def _first_fit(fits: Callable[[int], bool], start: int, top: int) -> int:
-    """The smallest step in [0, top] where ``fits`` holds (``top`` if none), for a
-    monotone ``fits``: strides of a doubling out from ``start`` until the step is
-    bracketed, then bisection."""
-    stride = _STEPS_PER_DOUBLING
-    if fits(start):
-        low, high = start - stride, start
-        while low >= 0 and fits(low):
-            low, high = low - stride, low
-    else:
-        low, high = start, start + stride
-        while high < top and not fits(high):
-            low, high = high, high + stride
-    low, high = max(low, -1), min(high, top)
-    while high - low > 1:  # fits(high) holds (or high is top), fits(low) does not
-        middle = (low + high) // 2
-        low, high = (low, middle) if fits(middle) else (middle, high)
+def _first_fit(count: Callable[[int], int], wanted: int, start: int, top: int) -> int:
+    """The smallest step in [0, top] whose ``count`` is at most ``wanted`` (``top`` if
+    none), for a count that never rises with the step.
+
+    Each guess is where a line through the logarithms of the counts at two steps
+    crosses ``wanted``: the steps either side of the bracket found so far, or until
+    it has two sides, the last two tried (before the second try, a fall of 6 % a step
+    stands in: runs carry about T, and T doubles every eight steps). A guess stays
+    inside the bracket, so that every try narrows it; once the bracket has two sides,
+    three tries in a row on one side make the next halve it.
+    """
+    low, high = -1, top  # the highest step known not to fit; the lowest known to fit, or top
+    tried: dict[int, float] = {}  # step: the logarithm of its count
+    last: list[tuple[int, float]] = []  # the last two tries
+    same_side, fitted, guess = 0, None, start
+    while high - low > 1:
+        counted = count(guess)
+        same_side = same_side + 1 if (counted <= wanted) == fitted else 1
+        fitted = counted <= wanted
+        low, high = (low, guess) if fitted else (guess, high)
+        tried[guess] = math.log(max(counted, 1))
+        last = [*last[-1:], (guess, tried[guess])]
+        if low in tried and high in tried:
+            if same_side > 2:
+                guess = (low + high) // 2
+                continue
+            last = [(low, tried[low]), (high, tried[high])]
+        guess = min(max(_crossing(last, math.log(wanted + 0.5)), low + 1), high - 1)
     return high
+
+
+def _crossing(points: list[tuple[int, float]], target: float) -> int:
+    """The first step at which the line through ``points`` (one or two (step, value)
+    pairs) is at most ``target``."""
+    step, value = points[-1]
+    slope = -0.06
+    if len(points) == 2 and points[0][0] != step:
+        drawn = (value - points[0][1]) / (step - points[0][0])
+        slope = drawn if drawn < 0 else slope
+    return step + math.ceil((target - value) / slope)
 
 
 def _limit(step: int) -> float:
@@ -113,32 +145,27 @@ def _limit(step: int) -> float:
 
 def _prepare(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> _Graph:
     ix = indexed(graph)
-    everyone = range(len(ix.nodes))
     root_set = set(roots)
     is_root = [node in root_set for node in ix.nodes]
     changes = indexed_reach_sums(ix, [1] * len(ix.nodes), upstream=False)
     keys = [name_order_key(node) for node in ix.nodes]
-    rank = [0] * len(keys)
-    for position, node in enumerate(sorted(everyone, key=keys.__getitem__)):
-        rank[node] = position
+    by_change = sorted(range(len(keys)), key=lambda n: (changes[n], keys[n]))
+    rank = [0] * len(keys)  # place in by_change
+    for place, node in enumerate(by_change):
+        rank[node] = place
     size = [data for _, data in graph.nodes(data="nar_size")]  # in ix.nodes order
-    largest = sorted((n for n in everyone if not is_root[n]), key=lambda n: (-size[n], rank[n]))
-    fixed = set(largest[: budget // 2])
-    by_change = [changes[n] * len(rank) + rank[n] for n in everyone]  # change count, then name
-
-    def climb(node: int) -> tuple[int, int, int] | None:
+    beside_order = [n for n in by_change if not is_root[n]]
+    fixed = set(heapq.nsmallest(budget // 2, beside_order, key=lambda n: (-size[n], keys[n])))
+    climbs = []
+    for node in reversed(ix.order):  # dependencies first
         users = [u for u in ix.pred[node] if not is_root[u]]
-        if is_root[node] or node in fixed or not users:
-            return None
-        user = min(users, key=by_change.__getitem__)
-        return node, user, changes[user] - changes[node]
-
-    climbs = [c for c in map(climb, reversed(ix.order)) if c is not None]
-    beside_order = sorted((n for n in everyone if not is_root[n]), key=by_change.__getitem__)
-    chance = [_chance(key[0]) for key in keys]
+        if users and not is_root[node] and node not in fixed:
+            user = min(users, key=rank.__getitem__)
+            climbs.append((node, user, changes[user] - changes[node]))
     cap = 2 * max(1, sum(size)) / budget
-    root_list = [n for n in everyone if is_root[n]]
-    return _Graph(ix, size, changes, root_list, climbs, beside_order, chance, cap)
+    root_list = [n for n, root in enumerate(is_root) if root]
+    names = [key[0] for key in keys]
+    return _Graph(ix, size, changes, root_list, climbs, beside_order, names, {}, cap)
 
 
 def _chance(name: str) -> float:
@@ -169,7 +196,7 @@ def _runs(g: _Graph, limit: float) -> tuple[list[list[int]], list[int]]:
             runs.append(run)
             break
         following = tops[index + 1]
-        chosen = filled >= _SHORTEST_RUN and cut[index] >= 1.0 - g.chance[top]
+        chosen = filled >= _SHORTEST_RUN and cut[index] >= 1.0 - g.chance(top)
         faster = changes[following] > _RATE_SPAN * changes[run[0]]
         if chosen or faster or cut[index + 1] >= 1.0 or filled + cut[index + 1] > _LONGEST_RUN:
             runs.append(run)
@@ -177,9 +204,8 @@ def _runs(g: _Graph, limit: float) -> tuple[list[list[int]], list[int]]:
     return runs, joined
 
 
-def _layers(g: _Graph, limit: float) -> list[list[int]]:
+def _layers(g: _Graph, runs: list[list[int]], joined: list[int]) -> list[list[int]]:
     """The runs with every group's members, then the roots, as node numbers."""
-    runs, joined = _runs(g, limit)
     top = list(range(len(joined)))
     members: dict[int, list[int]] = {}
     for node in g.ix.order:  # users first, so a user's top is known before its own

@@ -4,7 +4,7 @@ of the whole graph at once."""
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -17,7 +17,8 @@ Node = TypeVar("Node", bound=Hashable)
 class Indexed(Generic[Node]):
     """A graph as lists of integers, which the passes below walk many times faster than
     networkx's views: ``nodes[i]`` is node i, ``succ[i]`` and ``pred[i]`` its
-    neighbours' numbers, and ``order`` every node after its predecessors."""
+    neighbours' numbers, and ``order`` every node before what it reaches (users
+    first): the reverse of a depth-first postorder along ``succ``."""
 
     nodes: list[Node]
     succ: list[list[int]]
@@ -29,24 +30,40 @@ def indexed(graph: nx.DiGraph) -> Indexed:
     """The graph as an ``Indexed``; raises ``nx.NetworkXUnfeasible`` on a cycle."""
     nodes = list(graph)
     number = {node: i for i, node in enumerate(nodes)}
-    succ = [[number[s] for s in graph.succ[node]] for node in nodes]
+    succ = [[number[s] for s in successors] for _, successors in graph.adjacency()]
     pred: list[list[int]] = [[] for _ in nodes]
     for i, successors in enumerate(succ):
         for s in successors:
             pred[s].append(i)
-    return Indexed(nodes, succ, pred, _topological(pred, succ))
+    return Indexed(nodes, succ, pred, _postorder(succ, pred)[::-1])
 
 
-def _topological(before: list[list[int]], after: list[list[int]]) -> list[int]:
-    """Every node after all of its ``before`` neighbours (Kahn's algorithm)."""
-    waiting = [len(b) for b in before]
-    order = [i for i, count in enumerate(waiting) if not count]
-    for i in order:  # grows as nodes become ready
-        for j in after[i]:
-            waiting[j] -= 1
-            if not waiting[j]:
-                order.append(j)
-    if len(order) != len(before):
+def _postorder(after: list[list[int]], before: list[list[int]]) -> list[int]:
+    """Every node after all it reaches along ``after`` edges, in depth-first postorder
+    from the nodes with no ``before`` neighbour: what a node reaches then ends just
+    below it, in a few runs of consecutive positions."""
+    done = [False] * len(after)
+    entered = [False] * len(after)
+    order: list[int] = []
+    for start in range(len(after)):
+        if before[start]:
+            continue
+        entered[start] = True
+        stack = [(start, iter(after[start]))]
+        while stack:
+            node, pending = stack[-1]
+            for following in pending:
+                if not entered[following]:
+                    entered[following] = True
+                    stack.append((following, iter(after[following])))
+                    break
+                if not done[following]:
+                    raise nx.NetworkXUnfeasible("the graph has a cycle")
+            else:
+                stack.pop()
+                done[node] = True
+                order.append(node)
+    if len(order) != len(after):
         raise nx.NetworkXUnfeasible("the graph has a cycle")
     return order
 
@@ -67,225 +84,164 @@ def indexed_reach_sums(
     ix: Indexed, weights: Sequence[int], upstream: bool, wanted: Sequence[bool] | None = None
 ) -> list[int]:
     """``reach_sums`` on an ``Indexed`` graph, with weights and sums by node number;
-    with ``wanted``, only the sums of those nodes (the others are 0).
+    with ``wanted``, only the sums of those nodes (the others are 0, see
+    ``_wanted_sums``).
 
-    The sets are bitsets (Python integers), built in topological order: a node's set
-    is its neighbours' sets OR-ed together, plus itself, and each set is freed once
-    no node still needs it. Its sum is that of its largest neighbour's set plus the
-    weights of what the others add. The bits are numbered in depth-first order along
-    the same edges, so that what a set holds, and what a neighbour adds to it, are a
-    few runs of consecutive bits, each summed as a difference of two prefix sums.
-    When the weights take a few values only (a count, or cochange's two rates), a
-    set's sum is counted outright instead: a popcount per value.
-
-    Time about O(E · V / 64) word operations plus O(runs); memory that of the sets
-    still live. That can reach V² / 16 bytes, so on large graphs the sets are built
-    a block of ``_BLOCK`` bit numbers at a time, one pass each, and the sums added up
-    (200,000 paths: 1 GB less, 10 % more time). The sets of ``wanted`` nodes are
-    summed whole, run by run, and the others not at all.
+    The sets are bitsets (Python integers) of positions in a depth-first postorder
+    (see ``_sets``). With one weight for all, a set's sum is that weight times its
+    popcount; otherwise each run of consecutive positions adds a difference of two
+    prefix sums (see ``_sum_of_runs``).
     """
-    before, after = (ix.pred, ix.succ) if upstream else (ix.succ, ix.pred)
-    bit = _depth_first_numbers(before, after)
-    prefix = _prefix_sums(weights, bit)
-    order = ix.order if upstream else ix.order[::-1]
-    sums = [0] * len(bit)
-    width = max(len(bit), 1) if len(bit) <= _ONE_PASS else _BLOCK
-    for low in range(0, len(bit), width):
-        block = _Block(low, min(low + width, len(bit)), bit, weights, prefix, wanted)
-        for node, part in enumerate(block.sums(order, before, after)):
-            sums[node] += part
+    if wanted is not None:
+        return _wanted_sums(ix, weights, upstream, wanted)
+    walk = _Walk.of(ix, upstream)
+    if len(set(weights)) <= 1:
+        weight = weights[0] if weights else 0
+        return [
+            weight * count
+            for count in _blockwise(walk, lambda low, high: _popcounts(walk, low, high))
+        ]
+    prefix = walk.prefix_sums(weights)
+
+    def sums(low: int, high: int) -> list[int]:
+        result = [0] * len(weights)
+        for node, reached in _sets(walk, low, high):
+            result[node] = _sum_of_runs(reached, prefix, low)
+        return result
+
+    return _blockwise(walk, sums)
+
+
+def _wanted_sums(
+    ix: Indexed, weights: Sequence[int], upstream: bool, wanted: Sequence[bool]
+) -> list[int]:
+    """The sums of a few wanted nodes, the other way round: each node u gets the set of
+    wanted nodes whose sum it adds to (those it reaches, for ``upstream``), a bitset
+    of a few hundred bits; nodes with the same set pool their weights, and each pool
+    is added to its set's nodes. O(E) small ORs, whatever the sets' sizes upstream
+    (where a hub's users all wait for it, the sets of positions would all stay live).
+    """
+    targets = [node for node, chosen in enumerate(wanted) if chosen]
+    own = [0] * len(weights)
+    for j, node in enumerate(targets):
+        own[node] = 1 << j
+    edges, order = (ix.succ, ix.order[::-1]) if upstream else (ix.pred, ix.order)
+    sets = [0] * len(weights)
+    pools: dict[int, int] = {}
+    for node in order:  # after every node it reaches along edges
+        reached = own[node]
+        for other in edges[node]:
+            reached |= sets[other]
+        sets[node] = reached
+        pools[reached] = pools.get(reached, 0) + weights[node]
+    sums = [0] * len(weights)
+    for members, pooled in pools.items():
+        for j, node in enumerate(targets):
+            if members >> j & 1:
+                sums[node] += pooled
     return sums
-
-
-_ONE_PASS = 1 << 16  # graphs up to this size take one pass (sets of at most 8 KiB)
-_BLOCK = 1 << 15  # larger ones, this many bit numbers per pass (sets of at most 4 KiB)
-
-
-class _Block:
-    """The part of the sums that the nodes numbered ``low`` to ``high`` contribute."""
-
-    def __init__(
-        self,
-        low: int,
-        high: int,
-        bit: list[int],
-        weights: Sequence[int],
-        prefix: list[int],
-        wanted: Sequence[bool] | None,
-    ) -> None:
-        self.low, self.high, self.bit, self.weights, self.prefix = low, high, bit, weights, prefix
-        self.wanted = wanted
-        self.classes = None if wanted else _weight_classes(weights, bit, low, high)
-
-    def sums(self, order: list[int], before: list[list[int]], after: list[list[int]]) -> list[int]:
-        if self.wanted is not None:
-            return self._sums_of_wanted(order, before, after, self.wanted)
-        if self.classes is None:
-            return self._sums_by_runs(order, before, after)
-        return self._sums_by_count(order, before, after, *self.classes)
-
-    def _sums_by_count(
-        self,
-        order: list[int],
-        before: list[list[int]],
-        after: list[list[int]],
-        common: int,
-        others: list[tuple[int, int]],
-    ) -> list[int]:
-        """Few distinct weights: a set's sum is a popcount per weight."""
-        low, high, bit, weights = self.low, self.high, self.bit, self.weights
-        users_left = [len(a) for a in after]
-        sets = [0] * len(bit)
-        sums = [0] * len(bit)
-        for node in order:
-            sources = before[node]
-            inside = low <= bit[node] < high
-            own = 1 << (bit[node] - low) if inside else 0
-            for source in sources:
-                own |= sets[source]
-                users_left[source] -= 1
-                if not users_left[source]:
-                    sets[source] = 0
-            if len(sources) == 1:  # a chain: one more node than its source
-                sums[node] = sums[sources[0]] + (weights[node] if inside else 0)
-            else:
-                total = common * own.bit_count()
-                for class_weight, members in others:
-                    total += class_weight * (own & members).bit_count()
-                sums[node] = total
-            if users_left[node]:
-                sets[node] = own
-        return sums
-
-    def _sums_of_wanted(
-        self,
-        order: list[int],
-        before: list[list[int]],
-        after: list[list[int]],
-        wanted: Sequence[bool],
-    ) -> list[int]:
-        """The sets of all nodes, and the sums of the wanted ones, each set run by run."""
-        low, high, bit = self.low, self.high, self.bit
-        users_left = [len(a) for a in after]
-        sets = [0] * len(bit)
-        sums = [0] * len(bit)
-        for node in order:
-            own = 1 << (bit[node] - low) if low <= bit[node] < high else 0
-            for source in before[node]:
-                own |= sets[source]
-                users_left[source] -= 1
-                if not users_left[source]:
-                    sets[source] = 0
-            if wanted[node]:
-                sums[node] = _sum_of_runs(own, self.prefix, low)
-            if users_left[node]:
-                sets[node] = own
-        return sums
-
-    def _sums_by_runs(
-        self, order: list[int], before: list[list[int]], after: list[list[int]]
-    ) -> list[int]:
-        """Any weights: a node's sum is its largest source's plus the runs of bits the
-        others add, each a difference of prefix sums."""
-        low, high, bit, weights = self.low, self.high, self.bit, self.weights
-        users_left = [len(a) for a in after]
-        sets = [0] * len(bit)
-        sizes = [0] * len(bit)  # how many nodes each live set holds
-        sums = [0] * len(bit)
-        for node in order:
-            sources = before[node]
-            inside = low <= bit[node] < high
-            own = 1 << (bit[node] - low) if inside else 0
-            total = weights[node] if inside else 0
-            if sources:
-                base = max(sources, key=sizes.__getitem__)
-                total += sums[base]
-                union = sets[base]
-                if len(sources) > 1:
-                    base_set = union
-                    for source in sources:
-                        union |= sets[source]
-                    total += _sum_of_runs(union & ~base_set, self.prefix, low)
-                own |= union
-                for source in sources:
-                    users_left[source] -= 1
-                    if not users_left[source]:
-                        sets[source] = 0
-            sums[node] = total
-            if users_left[node]:
-                sets[node] = own
-                sizes[node] = own.bit_count()
-        return sums
 
 
 def closure_sums(ix: Indexed, weights: Sequence[int], group_of: Sequence[int]) -> list[int]:
     """For groups of nodes (``group_of[i]``: node i's, numbered from 0): the sum of
-    ``weights`` over the union of what the group's nodes reach, themselves included.
+    ``weights`` over the union of what the group's nodes reach, themselves included:
+    each node's set (see ``_sets``) OR-ed into its group's, each group's summed once."""
+    walk = _Walk.of(ix, upstream=False)
+    prefix = walk.prefix_sums(weights)
+    count = max(group_of, default=-1) + 1
 
-    One pass from the leaves up builds each node's set of dependencies as in
-    ``indexed_reach_sums``, OR-ing it into its group's; each group's set is summed
-    once, by runs.
+    def sums(low: int, high: int) -> list[int]:
+        groups = [0] * count
+        for node, reached in _sets(walk, low, high):
+            groups[group_of[node]] |= reached
+        return [_sum_of_runs(members, prefix, low) for members in groups]
+
+    return _blockwise(walk, sums)
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """One direction of reach: ``order`` has each node after all it reaches along
+    ``edges``, ``users[i]`` the nodes whose edges lead to node i."""
+
+    order: list[int]
+    edges: list[list[int]]
+    users: list[list[int]]
+
+    @classmethod
+    def of(cls, ix: Indexed, upstream: bool) -> _Walk:
+        if upstream:
+            return cls(_postorder(ix.pred, ix.succ), ix.pred, ix.succ)
+        return cls(ix.order[::-1], ix.succ, ix.pred)
+
+    def prefix_sums(self, weights: Sequence[int]) -> list[int]:
+        """``prefix[k]``: the weights of the nodes at positions below k."""
+        prefix = [0] * (len(self.order) + 1)
+        for position, node in enumerate(self.order):
+            prefix[position + 1] = prefix[position] + weights[node]
+        return prefix
+
+
+_LIVE_BITS = 1 << 32  # 512 MiB of live sets: beyond, a pass covers half the positions
+
+
+class _TooLarge(Exception):
+    """The sets still needed exceed ``_LIVE_BITS``."""
+
+
+def _sets(walk: _Walk, low: int, high: int) -> Iterator[tuple[int, int]]:
+    """Each node at position ``low`` or above with the set of the positions from ``low``
+    to ``high`` that it reaches, itself included (bit k: position low + k).
+
+    A node's set is those of its ``edges`` OR-ed together, plus itself; a set is kept
+    until its last user has read it. In postorder a set holds positions below its own
+    only, so early sets are short integers and most sets die soon. Raises
+    ``_TooLarge`` when the sets kept exceed ``_LIVE_BITS`` (at most V² / 16 bytes in
+    one pass), unless the range is one position.
     """
-    bit = _depth_first_numbers(ix.succ, ix.pred)
-    prefix = _prefix_sums(weights, bit)
-    users_left = [len(p) for p in ix.pred]
-    sets = [0] * len(bit)
-    groups = [0] * (max(group_of, default=-1) + 1)
-    for node in reversed(ix.order):
-        own = 1 << bit[node]
-        for dependency in ix.succ[node]:
-            own |= sets[dependency]
-            users_left[dependency] -= 1
-            if not users_left[dependency]:
-                sets[dependency] = 0
+    order, edges = walk.order, walk.edges
+    users_left = [len(users) for users in walk.users]
+    sets = [0] * len(order)
+    live, splittable = 0, high - low > 1
+    for position in range(low, len(order)):
+        node = order[position]
+        reached = 1 << (position - low) if position < high else 0
+        for source in edges[node]:
+            reached |= sets[source]
+            users_left[source] -= 1
+            if not users_left[source]:
+                live -= sets[source].bit_length()
+                sets[source] = 0
+        yield node, reached
         if users_left[node]:
-            sets[node] = own
-        groups[group_of[node]] |= own
-    return [_sum_of_runs(members, prefix) for members in groups]
+            sets[node] = reached
+            live += reached.bit_length()
+            if live > _LIVE_BITS and splittable:
+                raise _TooLarge
 
 
-def _prefix_sums(weights: Sequence[int], bit: list[int]) -> list[int]:
-    """``prefix[k]``: the weights of the nodes numbered below k."""
-    prefix = [0] * (len(bit) + 1)
-    for node, k in enumerate(bit):
-        prefix[k + 1] = weights[node]
-    for k in range(len(bit)):
-        prefix[k + 1] += prefix[k]
-    return prefix
+def _popcounts(walk: _Walk, low: int, high: int) -> list[int]:
+    counts = [0] * len(walk.order)
+    for node, reached in _sets(walk, low, high):
+        counts[node] = reached.bit_count()
+    return counts
 
 
-def _weight_classes(
-    weights: Sequence[int], bit: list[int], low: int, high: int
-) -> tuple[int, list[tuple[int, int]]] | None:
-    """For few distinct weights: the most common one, and each other one (less the
-    common one) with the set of its nodes numbered ``low`` to ``high``; None if many."""
-    values = set(weights)
-    if not values or len(values) > 3:
-        return None
-    masks = dict.fromkeys(values, 0)
-    for node, weight in enumerate(weights):
-        if low <= bit[node] < high:
-            masks[weight] |= 1 << (bit[node] - low)
-    common = max(values, key=lambda w: masks[w].bit_count())
-    return common, [(w - common, m) for w, m in masks.items() if w != common]
-
-
-def _depth_first_numbers(before: list[list[int]], after: list[list[int]]) -> list[int]:
-    """Bit numbers in depth-first preorder along ``before`` edges, from the nodes no
-    node lists as ``before``: what a node reaches then mostly has consecutive numbers."""
-    number = [-1] * len(before)
-    count = 0
-    for start in range(len(before)):
-        if after[start]:
+def _blockwise(walk: _Walk, summarise: Callable[[int, int], list[int]]) -> list[int]:
+    """``summarise`` over all positions in one pass, or, where its sets grow too large,
+    over halves of the range, the parts added up."""
+    total: list[int] = []
+    pending = [(0, len(walk.order))]
+    while pending:
+        low, high = pending.pop()
+        try:
+            part = summarise(low, high)
+        except _TooLarge:
+            middle = (low + high) // 2
+            pending += [(middle, high), (low, middle)]
             continue
-        stack = [start]
-        while stack:
-            node = stack.pop()
-            if number[node] < 0:
-                number[node] = count
-                count += 1
-                stack.extend(n for n in reversed(before[node]) if number[n] < 0)
-    return number
+        total = [a + b for a, b in zip(total, part, strict=True)] if total else part
+    return total
 
 
 _NONZERO = re.compile(rb"[^\x00]")
@@ -293,9 +249,9 @@ _BITS = [tuple(k for k in range(8) if byte >> k & 1) for byte in range(256)]
 
 
 def _sum_of_runs(bits: int, prefix: list[int], low: int = 0) -> int:
-    """The weights of the set bits (bit k: the node numbered ``low`` + k): each run of
-    ones [a, b) adds prefix[b] - prefix[a]. Runs start and end where ``bits`` differs
-    from itself shifted by one."""
+    """The weights of the set bits (bit k: position ``low`` + k): each run of ones
+    [a, b) adds prefix[b] - prefix[a]. Runs start and end where ``bits`` differs from
+    itself shifted by one."""
     if not bits:
         return 0
     edges = bits ^ (bits << 1)
