@@ -102,29 +102,33 @@ def _first_fit(count: Callable[[int], int], wanted: int, start: int, top: int) -
     none), for a count that never rises with the step.
 
     Each guess is where a line through the logarithms of the counts at two steps
-    crosses ``wanted``: the steps either side of the bracket found so far, or until
+    crosses ``wanted``: the steps either side of the bracket found so far, or, until
     it has two sides, the last two tried (before the second try, a fall of 6 % a step
-    stands in: runs carry about T, and T doubles every eight steps). A guess stays
-    inside the bracket, so that every try narrows it; once the bracket has two sides,
-    three tries in a row on one side make the next halve it.
+    stands in: runs carry about T, and T doubles every eight steps). Until then, while
+    the count stays flat, which says nothing, the tries move out by 2, 4, 8, ... steps.
+    A guess stays inside the bracket, so that every try narrows it; once the bracket
+    has two sides, three tries in a row on one side make the next halve it.
     """
     low, high = -1, top  # the highest step known not to fit; the lowest known to fit, or top
     tried: dict[int, float] = {}  # step: the logarithm of its count
-    last: list[tuple[int, float]] = []  # the last two tries
-    same_side, fitted, guess = 0, None, start
+    last: list[tuple[int, float]] = []  # the two steps the next guess is drawn from
+    target = math.log(wanted + 0.5)
+    same_side, flat, fitted, guess = 0, 0, None, start
     while high - low > 1:
         counted = count(guess)
         same_side = same_side + 1 if (counted <= wanted) == fitted else 1
         fitted = counted <= wanted
         low, high = (low, guess) if fitted else (guess, high)
         tried[guess] = math.log(max(counted, 1))
-        last = [*last[-1:], (guess, tried[guess])]
         if low in tried and high in tried:
-            if same_side > 2:
-                guess = (low + high) // 2
-                continue
             last = [(low, tried[low]), (high, tried[high])]
-        guess = min(max(_crossing(last, math.log(wanted + 0.5)), low + 1), high - 1)
+            guess = (low + high) // 2 if same_side > 2 else _crossing(last, target)
+        else:
+            flat = flat + 1 if last and last[-1][1] == tried[guess] else 0
+            last = [*last[-1:], (guess, tried[guess])]
+            crossing = _crossing(last, target)
+            guess = min(crossing, guess - 2**flat) if fitted else max(crossing, guess + 2**flat)
+        guess = min(max(guess, low + 1), high - 1)
     return high
 
 
