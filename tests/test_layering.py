@@ -4,6 +4,7 @@ the push-cost measure against a brute-force recount."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -236,3 +237,34 @@ def test_the_price_limit_search_finds_the_first_step_that_fits(
     assert _first_fit(count, wanted, min(start, top), top) == expected
     assert all(0 <= step <= top for step in tried)
     assert len(tried) == len(set(tried))
+    assert len(tried) <= 3 * top.bit_length() + 4  # a search that crept would not be
+
+
+@pytest.mark.parametrize("first", [0, 1, 44, 160, 299, 300])
+def test_the_price_limit_search_halves_where_a_line_says_nothing(first: int) -> None:
+    """A count that drops from 1 to 0 at ``first``: a line through two tries points at
+    the try that fitted, so only halving keeps the tries few."""
+    counts = [1] * first + [0] * (301 - first)
+    tried: list[int] = []
+
+    def count(step: int) -> int:
+        tried.append(step)
+        return counts[step]
+
+    assert _first_fit(count, 0, 299, 300) == first
+    assert len(tried) <= 3 * (300).bit_length() + 4
+
+
+@pytest.mark.parametrize("off", [-20, -5, 0, 5, 20])
+def test_the_price_limit_search_needs_few_tries_near_an_estimate(off: int) -> None:
+    """Layer counts fall about 5 % a step near the fit (synthetic closures): from an
+    estimate 20 steps off, four tries find the first step that fits."""
+    counts = [round(1000 * math.exp(-0.05 * step)) for step in range(401)]
+    tried: list[int] = []
+
+    def count(step: int) -> int:
+        tried.append(step)
+        return counts[step]
+
+    assert _first_fit(count, 99, 47 + off, 400) == 47  # 1000·e^(-0.05·47) = 95
+    assert len(tried) <= 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import networkx as nx
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -55,18 +56,15 @@ def _brute_force_scores(graph: nx.DiGraph, roots: list[str]) -> dict[str, int]:
 
 @st.composite
 def dags(draw: st.DrawFn) -> nx.DiGraph:
+    """Edges from lower to higher ranks, the ranks a shuffle of the labels, and nodes
+    added in another shuffled order: neither labels nor insertion give the order."""
     size = draw(st.integers(min_value=1, max_value=9))
-    edges = draw(
-        st.lists(
-            st.tuples(st.integers(0, size - 1), st.integers(0, size - 1)).filter(
-                lambda e: e[0] < e[1]
-            ),
-            max_size=20,
-        )
-    )
+    ranked = draw(st.permutations(range(size)))
+    pairs = st.tuples(st.integers(0, size - 1), st.integers(0, size - 1))
+    edges = draw(st.lists(pairs.filter(lambda e: e[0] < e[1]), max_size=20))
     graph = nx.DiGraph()
-    graph.add_nodes_from(range(size))
-    graph.add_edges_from(edges)
+    graph.add_nodes_from(draw(st.permutations(range(size))))
+    graph.add_edges_from((ranked[a], ranked[b]) for a, b in edges)
     return graph
 
 
@@ -123,6 +121,30 @@ def test_closure_sums_equal_a_brute_force_recount(
         assert reach.closure_sums(ix, sizes, group_of) == expected
     finally:
         reach._LIVE_BITS = saved
+
+
+@pytest.mark.parametrize(
+    "edges",
+    [[(0, 1), (1, 2), (2, 1)], [(0, 0)], [(0, 1), (2, 3), (3, 2)]],
+    ids=["reached from a source", "self-loop", "reached from no source"],
+)
+def test_indexed_refuses_a_cycle(edges: list[tuple[int, int]]) -> None:
+    with pytest.raises(nx.NetworkXUnfeasible):
+        reach.indexed(nx.DiGraph(edges))
+
+
+def test_a_chain_is_summed_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each set of a chain is freed once its one user has read it, so the live sets
+    stay under a limit that all of them together would pass."""
+    chain = nx.DiGraph([(i, i + 1) for i in range(99)])
+    passes = []
+    sets = reach._sets
+    monkeypatch.setattr(reach, "_sets", lambda *args: passes.append(args) or sets(*args))
+    monkeypatch.setattr(reach, "_LIVE_BITS", 300)
+    assert reach.reach_sums(chain, dict.fromkeys(chain, 1), upstream=False) == {
+        i: 100 - i for i in chain
+    }
+    assert len(passes) == 1
 
 
 def test_layers_most_popular_first_and_one_shared_top_layer() -> None:

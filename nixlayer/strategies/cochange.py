@@ -62,7 +62,8 @@ class _Graph:
     """What the passes need, by node number. ``climbs``: (path, its least-changing
     non-root user, their difference in change counts) for every path that may join a
     user, dependencies first; ``beside_order``: non-root paths by change count, then
-    name; ``chance``: a fixed number in [0, 1) from each path's name."""
+    name; ``chance(n)``: a fixed number in [0, 1) from path n's name, drawn the first
+    time it is asked for (few paths top a group) and kept in ``chances``."""
 
     ix: Indexed
     size: list[int]
@@ -71,7 +72,7 @@ class _Graph:
     climbs: list[tuple[int, int, int]]
     beside_order: list[int]
     names: list[str]  # name-version
-    chances: dict[int, float]  # drawn as needed: few paths top a group
+    chances: dict[int, float]
     cap: float  # bytes from which a group is always cut off
 
     def chance(self, node: int) -> float:
@@ -82,7 +83,7 @@ class _Graph:
 
 def cochange(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> list[list[str]]:
     """See the module's docstring. Cost: the change counts (see ``reach_sums``), then
-    O(V) per value of T tried: three to five, searching out from an estimate."""
+    O(V) per value of T tried: about five, searching out from an estimate."""
     g = _prepare(graph, roots, budget)
 
     @functools.cache
@@ -103,30 +104,33 @@ def _first_fit(count: Callable[[int], int], wanted: int, start: int, top: int) -
 
     Each guess is where a line through the logarithms of the counts at two steps
     crosses ``wanted``: the steps either side of the bracket found so far, or, until
-    it has two sides, the last two tried (before the second try, a fall of 6 % a step
-    stands in: runs carry about T, and T doubles every eight steps). Until then, while
-    the count stays flat, which says nothing, the tries move out by 2, 4, 8, ... steps.
-    A guess stays inside the bracket, so that every try narrows it; once the bracket
-    has two sides, three tries in a row on one side make the next halve it.
+    it has two sides, the last two tried. Where the two are level, or before the
+    second try, a fall of 6 % a step stands in (what synthetic closures show near the
+    fit). Until the bracket has two sides, while the count stays flat, which says
+    nothing, the tries move out by 2, 4, 8, ... steps. A guess stays inside the
+    bracket, so that every try narrows it; once it has two sides, a try that did not
+    halve it makes the next one halve it.
     """
     low, high = -1, top  # the highest step known not to fit; the lowest known to fit, or top
-    tried: dict[int, float] = {}  # step: the logarithm of its count
+    tried: dict[int, float] = {}  # step: the logarithm of its count (+ 0.5: 0 has one)
     last: list[tuple[int, float]] = []  # the two steps the next guess is drawn from
+    widths: list[int] = []  # the bracket's, after each try once it has two sides
     target = math.log(wanted + 0.5)
-    same_side, flat, fitted, guess = 0, 0, None, start
+    flat, guess = 0, min(max(start, 0), max(top - 1, 0))  # trying top itself tells nothing
     while high - low > 1:
         counted = count(guess)
-        same_side = same_side + 1 if (counted <= wanted) == fitted else 1
-        fitted = counted <= wanted
-        low, high = (low, guess) if fitted else (guess, high)
-        tried[guess] = math.log(max(counted, 1))
+        low, high = (low, guess) if counted <= wanted else (guess, high)
+        tried[guess] = math.log(counted + 0.5)
         if low in tried and high in tried:
+            widths.append(high - low)
             last = [(low, tried[low]), (high, tried[high])]
-            guess = (low + high) // 2 if same_side > 2 else _crossing(last, target)
+            stalled = len(widths) > 1 and 2 * widths[-1] > widths[-2]
+            guess = (low + high) // 2 if stalled else _crossing(last, target)
         else:
             flat = flat + 1 if last and last[-1][1] == tried[guess] else 0
             last = [*last[-1:], (guess, tried[guess])]
             crossing = _crossing(last, target)
+            fitted = high == guess
             guess = min(crossing, guess - 2**flat) if fitted else max(crossing, guess + 2**flat)
         guess = min(max(guess, low + 1), high - 1)
     return high
@@ -134,7 +138,7 @@ def _first_fit(count: Callable[[int], int], wanted: int, start: int, top: int) -
 
 def _crossing(points: list[tuple[int, float]], target: float) -> int:
     """The first step at which the line through ``points`` (one or two (step, value)
-    pairs) is at most ``target``."""
+    pairs; a fall of 0.06 a step where they are level or alone) is at most ``target``."""
     step, value = points[-1]
     slope = -0.06
     if len(points) == 2 and points[0][0] != step:

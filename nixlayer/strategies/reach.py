@@ -28,9 +28,10 @@ class Indexed(Generic[Node]):
 
 def indexed(graph: nx.DiGraph) -> Indexed:
     """The graph as an ``Indexed``; raises ``nx.NetworkXUnfeasible`` on a cycle."""
-    nodes = list(graph)
+    adjacency = list(graph.adjacency())
+    nodes = [node for node, _ in adjacency]
     number = {node: i for i, node in enumerate(nodes)}
-    succ = [[number[s] for s in successors] for _, successors in graph.adjacency()]
+    succ = [[number[s] for s in successors] for _, successors in adjacency]
     pred: list[list[int]] = [[] for _ in nodes]
     for i, successors in enumerate(succ):
         for s in successors:
@@ -118,8 +119,9 @@ def _wanted_sums(
     """The sums of a few wanted nodes, the other way round: each node u gets the set of
     wanted nodes whose sum it adds to (those it reaches, for ``upstream``), a bitset
     of a few hundred bits; nodes with the same set pool their weights, and each pool
-    is added to its set's nodes. O(E) small ORs, whatever the sets' sizes upstream
-    (where a hub's users all wait for it, the sets of positions would all stay live).
+    is added to its set's nodes. O(E) small ORs and a pass over each pool's set bits,
+    however large the sets of positions would be (upstream, where a hub's users all
+    wait for it, they would all stay live).
     """
     targets = [node for node, chosen in enumerate(wanted) if chosen]
     own = [0] * len(weights)
@@ -136,9 +138,10 @@ def _wanted_sums(
         pools[reached] = pools.get(reached, 0) + weights[node]
     sums = [0] * len(weights)
     for members, pooled in pools.items():
-        for j, node in enumerate(targets):
-            if members >> j & 1:
-                sums[node] += pooled
+        while members:
+            lowest = members & -members
+            sums[targets[lowest.bit_length() - 1]] += pooled
+            members ^= lowest
     return sums
 
 
@@ -264,12 +267,6 @@ def _sum_of_runs(bits: int, prefix: list[int], low: int = 0) -> int:
     return sum(map(prefix.__getitem__, positions[1::2])) - sum(
         map(prefix.__getitem__, positions[::2])
     )
-
-
-def closure_counts(graph: nx.DiGraph) -> dict[str, int]:
-    """How many store paths each path's closure holds (itself included): how many
-    upgrades would rebuild it, since a path changes when anything it needs does."""
-    return reach_sums(graph, dict.fromkeys(graph, 1), upstream=False)
 
 
 def name_order_key(path: str) -> tuple[str, str]:
