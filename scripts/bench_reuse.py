@@ -64,7 +64,9 @@ def target(row: Row, rows: list[Row]) -> str:
     others = [r.cost.pushed for r in rows if r.strategy != row.strategy
               and (r.scenario, r.previous) == (row.scenario, row.previous)]  # fmt: skip
     if others:
-        verdicts.append(f"<= others: {_verdict(row.cost.pushed <= min(others))}")
+        over = row.cost.pushed - min(others)
+        by = f" (+{over:,} bytes)" if over > 0 else ""  # MiB would hide a small difference
+        verdicts.append(f"<= others: {_verdict(over <= 0)}{by}")
     if row.previous and row.scenario in _EXCESS_TARGET:
         limit = max(row.cost.floor // 10, MIB)
         verdicts.append(f"excess <= {limit / MIB:.1f}: {_verdict(row.cost.excess <= limit)}")
