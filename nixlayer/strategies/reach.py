@@ -98,16 +98,20 @@ def indexed_reach_sums(
     walk = _Walk.of(ix, upstream)
     if len(set(weights)) <= 1:
         weight = weights[0] if weights else 0
-        return [
-            weight * count
-            for count in _blockwise(walk, lambda low, high: _popcounts(walk, low, high))
-        ]
-    prefix = walk.prefix_sums(weights)
+
+        def summed(reached: int, low: int) -> int:
+            return weight * reached.bit_count()
+
+    else:
+        prefix = walk.prefix_sums(weights)
+
+        def summed(reached: int, low: int) -> int:
+            return _sum_of_runs(reached, prefix, low)
 
     def sums(low: int, high: int) -> list[int]:
         result = [0] * len(weights)
         for node, reached in _sets(walk, low, high):
-            result[node] = _sum_of_runs(reached, prefix, low)
+            result[node] = summed(reached, low)
         return result
 
     return _blockwise(walk, sums)
@@ -221,13 +225,6 @@ def _sets(walk: _Walk, low: int, high: int) -> Iterator[tuple[int, int]]:
             live += reached.bit_length()
             if live > _LIVE_BITS and splittable:
                 raise _TooLarge
-
-
-def _popcounts(walk: _Walk, low: int, high: int) -> list[int]:
-    counts = [0] * len(walk.order)
-    for node, reached in _sets(walk, low, high):
-        counts[node] = reached.bit_count()
-    return counts
 
 
 def _blockwise(walk: _Walk, summarise: Callable[[int, int], list[int]]) -> list[int]:
