@@ -230,8 +230,10 @@ def from_closure(
     ] = DEFAULT_KEY,
 ) -> None:
     """Build an image from a closure and the store on disk."""
-    o = SimpleNamespace(**ctx.params, inline_config=None)
-    o.__dict__.update(_with_attrs_settings(ctx, ctx.params))
+    # The arguments as typer converted them: ctx.params holds click's raw strings.
+    given = {name: value for name, value in locals().items() if name != "ctx"}
+    o = SimpleNamespace(**given, inline_config=None)
+    o.__dict__.update(_with_attrs_settings(ctx, given))
     source = ClosureInput(o.closure_file, o.input_format, o.attrs_key, o.store_dir, o.store_root)
     closure = load_closure(source, lambda message: _note(message, o.quiet))
     base = read_image(o.from_image, "--from") if o.from_image else None
