@@ -19,6 +19,7 @@ the table to stdout. See scripts/BENCHMARKS.md for the figures and how to read t
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime
 import hashlib
 import itertools
@@ -987,6 +988,9 @@ def main() -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
     sys.path.insert(0, str(src))
+    # Run from bytecode, as an installed nixlayer does (pip compiles it at install):
+    # with PYTHONDONTWRITEBYTECODE set, each run would compile the tree anew.
+    compileall.compile_dir(src / "nixlayer", quiet=1)
     env.pop("SOURCE_DATE_EPOCH", None)
     env["XDG_CACHE_HOME"] = str(args.tmp / "nixlayer-bench-unused-cache")
     options = Options(
