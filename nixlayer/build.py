@@ -32,7 +32,7 @@ from nixlayer.image import (
     source_date_epoch,
     timestamp,
 )
-from nixlayer.inspect import layer_store_paths
+from nixlayer.inspect import image_store_paths, layer_store_paths
 from nixlayer.layers import EntriesLayer, Layer, StoreLayer
 from nixlayer.plan import Plan, PlanLayer, make_plan
 from nixlayer.readers import read_closure
@@ -122,11 +122,13 @@ def plan_image(
     previous: Plan | None = None,
     groups: Sequence[Sequence[str]] = (),
 ) -> tuple[Plan, tuple[Layer, ...]]:
-    """The plan of the store layers, and all of nixlayer's layers bottom first."""
+    """The plan of the store layers, and all of nixlayer's layers bottom first. Store
+    paths a base image nixlayer wrote holds already are not added again."""
     root_bytes = os.fsencode(store_root)
     entries = customisation_entries(customisation, closure, root_bytes)
     budget = layer_budget(max_layers, base, bool(entries))
-    plan = make_plan(closure, strategy, budget, roots, previous, groups)
+    provided = image_store_paths(base) if base else frozenset()
+    plan = make_plan(closure, strategy, budget, roots, previous, groups, provided)
     layers: list[Layer] = [
         StoreLayer(layer.paths, root_bytes, closure.store_dir, layer.nar_size)
         for layer in plan.layers

@@ -19,6 +19,11 @@ def layer_store_paths(history: dict[str, Any]) -> list[str]:
     return comment.removeprefix(STORE_PATHS_PREFIX).split()
 
 
+def image_store_paths(image: SourceImage) -> frozenset[str]:
+    """The store paths the layers nixlayer wrote in an image hold."""
+    return frozenset(p for layer in image.layers for p in layer_store_paths(layer.history))
+
+
 def describe_image(image: SourceImage) -> dict[str, Any]:
     config = image.config
     return {

@@ -7,7 +7,7 @@ image's layering, and it is made without reading any store contents.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +108,7 @@ def make_plan(
     roots: Sequence[str] = (),
     previous: Plan | None = None,
     groups: Sequence[Sequence[str]] = (),
+    provided: frozenset[str] = frozenset(),
 ) -> Plan:
     """Run a strategy over the closure's graph and check what it returns.
 
@@ -115,7 +116,9 @@ def make_plan(
     closure is kept as it was (same paths, so the same bytes and digest), at the
     bottom in its old order, and only the other paths are laid out on top, within
     what is left of the budget. ``groups`` are name globs whose paths must share
-    a layer. The closure must carry NAR sizes (see ``store.with_disk_nar_sizes``).
+    a layer. ``provided`` paths are in the image already (a base image holds them):
+    no layer carries them again. The closure must carry NAR sizes (see
+    ``store.with_disk_nar_sizes``).
     """
     if strategy not in STRATEGIES:
         known = ", ".join(sorted(STRATEGIES))
@@ -124,10 +127,12 @@ def make_plan(
         raise NixlayerError(f"--max-layers {max_layers}: must be at least 1")
     graph = build_graph(closure)
     roots = find_roots(graph, roots, closure.source)
-    notes: list[str] = []
-    kept = _kept_layers(previous, closure) if previous else []
-    explicit = _explicit_groups(groups, closure, {p for layer in kept for p in layer}, notes)
-    remaining = set(graph) - {p for group in (*kept, *explicit) for p in group}
+    provided = provided & closure.paths.keys()
+    notes = [_provided_note(provided, closure)] if provided else []
+    kept = _kept_layers(previous, closure, provided) if previous else []
+    taken = {p for layer in kept for p in layer} | provided
+    explicit = _explicit_groups(groups, closure, taken, notes)
+    remaining = set(graph) - taken - {p for group in explicit for p in group}
     kept = _make_room(kept, remaining, max_layers - len(explicit), closure, notes)
     budget = max_layers - len(kept) - len(explicit)
     if remaining and budget < 1:
@@ -135,9 +140,14 @@ def make_plan(
     rest = induced(graph, remaining)
     laid_out = _lay_out(rest, roots, strategy, budget) if remaining else []
     ordered = [*kept, *explicit, *laid_out]
-    _check_partition(ordered, closure, max_layers)
+    _check_partition(ordered, closure.paths.keys() - provided, max_layers)
     layers = tuple(PlanLayer.of(group, closure) for group in ordered)
     return Plan(closure.store_dir, strategy, tuple(roots), layers, tuple(notes))
+
+
+def _provided_note(provided: frozenset[str], closure: Closure) -> str:
+    size = sum(closure.paths[p].nar_size or 0 for p in provided)
+    return f"{len(provided)} paths ({human_size(size)}) are in the base image already"
 
 
 def _lay_out(
@@ -151,9 +161,12 @@ def _lay_out(
     return STRATEGIES[strategy](subgraph, sub_roots, budget)
 
 
-def _kept_layers(previous: Plan, closure: Closure) -> list[list[str]]:
+def _kept_layers(previous: Plan, closure: Closure, provided: frozenset[str]) -> list[list[str]]:
+    """The old layers whose paths are all still in the closure, and none in the base."""
     return [
-        list(layer.paths) for layer in previous.layers if set(layer.paths) <= closure.paths.keys()
+        list(layer.paths)
+        for layer in previous.layers
+        if set(layer.paths) <= closure.paths.keys() and provided.isdisjoint(layer.paths)
     ]
 
 
@@ -195,13 +208,13 @@ def _explicit_groups(
     return result
 
 
-def _check_partition(groups: list[list[str]], closure: Closure, budget: int) -> None:
+def _check_partition(groups: list[list[str]], paths: Set[str], budget: int) -> None:
     """A plan's invariant: every path in exactly one non-empty group, within budget."""
     assigned = [path for group in groups for path in group]
     assert all(groups), "a strategy returned an empty layer"
     assert len(groups) <= budget, "a strategy exceeded the layer budget"
-    assert len(assigned) == len(set(assigned)) == len(closure.paths), "not a partition"
-    assert set(assigned) == closure.paths.keys(), "not a partition of the closure"
+    assert len(assigned) == len(set(assigned)) == len(paths), "not a partition"
+    assert set(assigned) == paths, "not a partition of the closure"
 
 
 def human_size(size: int) -> str:

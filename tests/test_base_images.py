@@ -25,29 +25,44 @@ from consumers import (
 
 
 @pytest.fixture(scope="module")
-def base_image(fixture_store: FixtureStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An image of the fixture closure with a run config, to build on."""
+def base_closure(fixture_store: FixtureStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A closure of one store path of the fixture (zlib → glibc), for a base image."""
+    zlib = fixture_store.path("zlib-1.3.1")
+    wanted = {zlib, *next(e for e in fixture_store.entries if e["path"] == zlib)["references"]}
+    entries = [e for e in fixture_store.entries if e["path"] in wanted]
+    path = tmp_path_factory.mktemp("base-closure") / "closure.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+@pytest.fixture(scope="module")
+def base_image(
+    base_closure: Path, fixture_store: FixtureStore, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """An image of the base closure with a run config, to build on."""
     out = tmp_path_factory.mktemp("base") / "base.tar"
     run_ok(
-        "from-closure", fixture_store.closure_file, "--store-root", fixture_store.root,
+        "from-closure", base_closure, "--store-root", fixture_store.root,
         "-o", out, "--env", "PATH=/bin", "--env", "LANG=C", "--cmd", "sh", "--name", "base:1",
     )  # fmt: skip
     return out
 
 
 @pytest.fixture(scope="module")
-def top_closure(fixture_store: FixtureStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A closure of one store path of the fixture (zlib → glibc), to put on top."""
-    zlib = fixture_store.path("zlib-1.3.1")
-    wanted = {zlib, *next(e for e in fixture_store.entries if e["path"] == zlib)["references"]}
-    entries = [e for e in fixture_store.entries if e["path"] in wanted]
-    path = tmp_path_factory.mktemp("top") / "closure.json"
-    path.write_text(json.dumps(entries))
-    return path
+def top_closure(fixture_store: FixtureStore) -> Path:
+    """The whole fixture closure, which holds the base's paths and more, to put on top."""
+    return fixture_store.closure_file
 
 
 def _build_on(base: str, closure: Path, store: FixtureStore, out: Path, *extra: str) -> None:
     run_ok("from-closure", closure, "--store-root", store.root, "-o", out, "--from", base, *extra)
+
+
+def _layer_paths(image: Path | str) -> list[list[str]]:
+    return [
+        layer["store_paths"]
+        for layer in json.loads(run_ok("inspect", image, "--json").stdout)["layers"]
+    ]
 
 
 @pytest.mark.parametrize("base_format", ["docker-archive", "oci"])
@@ -59,6 +74,8 @@ def test_layers_go_on_top_of_the_base(
     tools: Tools,
     tmp_path: Path,
 ) -> None:
+    """Ours go on top, without the store paths the base holds already (its history
+    comments say which), and the image holds the whole closure."""
     base = str(base_image)
     if base_format == "oci":  # skopeo's OCI layout holds gzip-compressed layers
         skopeo_copy_to_oci(base_image, tmp_path / "base-oci", tag="b")
@@ -69,13 +86,28 @@ def test_layers_go_on_top_of_the_base(
     config = read_docker_archive(out.read_bytes()).config
     base_ids = base_config["rootfs"]["diff_ids"]
     assert config["rootfs"]["diff_ids"][: len(base_ids)] == base_ids
-    assert len(config["rootfs"]["diff_ids"]) == len(base_ids) + 2  # zlib and glibc
     assert config["history"][: len(base_ids)] == base_config["history"]
     assert config["config"] == {"Cmd": ["sh"], "Env": ["PATH=/bin", "LANG=C.UTF-8"],
                                 "WorkingDir": "/w"}  # fmt: skip
+    layers = _layer_paths(out)
+    in_base = {p for layer in layers[: len(base_ids)] for p in layer}
+    ours = [p for layer in layers[len(base_ids) :] for p in layer]
+    assert in_base == {fixture_store.path("zlib-1.3.1"), fixture_store.path("glibc-2.38-27")}
+    assert sorted(ours) == sorted(set(fixture_store.paths) - in_base)
     skopeo_copy_to_oci(out, tmp_path / "oci")
     rootfs = umoci_unpack(tmp_path / "oci", "test", tmp_path / "bundle")
     assert compare_tree(rootfs, fixture_store.root, fixture_store.paths) == []
+
+
+def test_a_base_nixlayer_did_not_write_gets_every_path(
+    top_closure: Path, fixture_store: FixtureStore, tools: Tools, tmp_path: Path
+) -> None:
+    """Without history comments nothing says what the base holds: every path is added."""
+    base = tmp_path / "other.tar"
+    _docker_archive_with_layer(base, _tar([("etc/motd", b"hello\n")]), compress=False)
+    out = tmp_path / "top.tar"
+    _build_on(str(base), top_closure, fixture_store, out)
+    assert sorted(p for layer in _layer_paths(out) for p in layer) == sorted(fixture_store.paths)
 
 
 def test_the_base_counts_against_max_layers(
@@ -138,9 +170,9 @@ def test_a_base_that_is_not_an_image(
 
 
 def test_inspect_reads_back_the_plan(
-    base_image: Path, fixture_store: FixtureStore, tools: Tools, tmp_path: Path
+    base_image: Path, base_closure: Path, tools: Tools, tmp_path: Path
 ) -> None:
-    plan = json.loads(run_ok("plan", fixture_store.closure_file, "-q").stdout)
+    plan = json.loads(run_ok("plan", base_closure, "-q").stdout)
     described = json.loads(run_ok("inspect", base_image, "--json").stdout)
     assert described["repo_tags"] == ["docker.io/library/base:1"]  # as written: in full
     assert described["config"]["Cmd"] == ["sh"]
@@ -159,10 +191,11 @@ def test_inspect_reads_back_the_plan(
 
 @pytest.mark.parametrize("compress", ["gzip", "zstd"])
 def test_inspect_and_from_read_a_compressed_docker_archive(
-    compress: str, top_closure: Path, fixture_store: FixtureStore, tools: Tools, tmp_path: Path
+    compress: str, base_closure: Path, fixture_store: FixtureStore, tools: Tools, tmp_path: Path
 ) -> None:
     """A docker-archive compressed as a whole (``--compress`` on docker-archive), as
-    ``verify`` reads it: ``inspect`` shows it, and ``--from`` builds on it."""
+    ``verify`` reads it: ``inspect`` shows it, and ``--from`` builds on it. The base
+    holds the whole closure here, so the image gets no layer of its own."""
     base = tmp_path / f"base.tar.{compress}"
     run_ok(
         "from-closure", fixture_store.closure_file, "--store-root", fixture_store.root,
@@ -172,10 +205,10 @@ def test_inspect_and_from_read_a_compressed_docker_archive(
     assert described["repo_tags"] == ["docker.io/library/base:1"]
     assert described["config"]["Cmd"] == ["sh"]
     out = tmp_path / "top.tar"
-    _build_on(str(base), top_closure, fixture_store, out)
+    _build_on(str(base), base_closure, fixture_store, out)
     base_ids = [layer["diff_id"] for layer in described["layers"]]
     config = read_docker_archive(out.read_bytes()).config
-    assert config["rootfs"]["diff_ids"][: len(base_ids)] == base_ids
+    assert config["rootfs"]["diff_ids"] == base_ids
     skopeo_copy_to_oci(out, tmp_path / "oci")
     rootfs = umoci_unpack(tmp_path / "oci", "test", tmp_path / "bundle")
     assert compare_tree(rootfs, fixture_store.root, fixture_store.paths) == []

@@ -214,6 +214,21 @@ def test_previous_without_room_releases_the_smallest_layers(synthetic: dict[str,
     assert sum(s in new.layer_sets() for s in old.layer_sets()) == 99
 
 
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_paths_a_base_image_provides_get_no_layer(
+    synthetic: dict[str, Closure], strategy: str
+) -> None:
+    """What a base image holds is neither laid out again nor kept from --previous."""
+    old = make_plan(synthetic["old"], strategy, 100)
+    provided = frozenset(old.layers[0].paths) | {old.layers[len(old.layers) // 2].paths[0]}
+    new = make_plan(synthetic["app"], strategy, 100, previous=old, provided=provided)
+    laid_out = [p for layer in new.layers for p in layer.paths]
+    assert sorted(laid_out) == sorted(synthetic["app"].paths.keys() - provided)
+    assert all(provided.isdisjoint(layer) for layer in new.layer_sets())
+    assert sum(s in new.layer_sets() for s in old.layer_sets()) == len(old.layers) - 3  # app too
+    assert f"{len(provided)} paths" in new.notes[0] and "base image" in new.notes[0]
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     drops=st.lists(st.integers(0, 60), min_size=1, max_size=300),
