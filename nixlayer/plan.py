@@ -127,7 +127,7 @@ def make_plan(
         raise NixlayerError(f"--max-layers {max_layers}: must be at least 1")
     graph = build_graph(closure)
     roots = find_roots(graph, roots, closure.source)
-    provided = provided & closure.paths.keys()
+    provided = provided.intersection(closure.paths)
     notes = [_provided_note(provided, closure)] if provided else []
     kept = _kept_layers(previous, closure, provided) if previous else []
     taken = {p for layer in kept for p in layer} | provided
