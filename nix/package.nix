@@ -41,6 +41,9 @@ buildPythonApplication {
   };
 
   build-system = [ setuptools ];
+  # pyproject.toml keeps typer below 0.29 for a faster start only (0.29 requires
+  # pydantic); nixlayer works with whichever typer nixpkgs has.
+  pythonRelaxDeps = [ "typer" ];
   dependencies = [
     networkx
     typer

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from typer.exceptions import TyperException as UsageProblem
 
 from nixlayer.build import (
     ClosureInput,
@@ -54,10 +55,6 @@ from nixlayer.strategies import DEFAULT_STRATEGY, STRATEGIES
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-try:  # typer ≥ 0.29 carries its own click; older ones use the click package
-    from typer.exceptions import TyperException as UsageProblem
-except ImportError:  # pragma: no cover
-    from click import ClickException as UsageProblem
 
 app = typer.Typer(
     add_completion=False,
@@ -230,7 +227,8 @@ def from_closure(
     ] = DEFAULT_KEY,
 ) -> None:
     """Build an image from a closure and the store on disk."""
-    # The arguments as typer converted them: ctx.params holds click's raw strings.
+    # The arguments as typer converted them (ctx.params holds click's raw strings before
+    # typer 0.29); first, while the only locals are the arguments.
     given = {name: value for name, value in locals().items() if name != "ctx"}
     o = SimpleNamespace(**given, inline_config=None)
     o.__dict__.update(_with_attrs_settings(ctx, given))

@@ -14,7 +14,7 @@ let
     config.Cmd = [ "/bin/hello" ];
   };
   package = pkg: {
-    inherit (pkg) kind pname version pyproject build-system dependencies;
+    inherit (pkg) kind pname version pyproject build-system dependencies pythonRelaxDeps;
     mainProgram = pkg.meta.mainProgram;
   };
 in
