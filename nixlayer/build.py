@@ -21,6 +21,7 @@ from nixlayer.errors import NixlayerError
 from nixlayer.formats import read_image
 from nixlayer.image import (
     DEFAULT_MTIME,
+    MAX_TIMESTAMP,
     ImageSettings,
     SourceImage,
     default_name,
@@ -97,6 +98,8 @@ def image_settings(
 ) -> ImageSettings:
     """Name, tag, platform and times, with ``SOURCE_DATE_EPOCH`` where none is given."""
     epoch = source_date_epoch(dict(environ))
+    if identity.mtime is not None and not 0 <= identity.mtime <= MAX_TIMESTAMP:
+        raise NixlayerError(f"--mtime {identity.mtime}: must be from 0 to {MAX_TIMESTAMP}")
     name, tag = parse_name(identity.name) if identity.name else (default_name(roots), None)
     architecture, variant = _platform(identity.arch, base)
     return ImageSettings(

@@ -42,7 +42,7 @@ from nixlayer.formats import (
     read_image,
     write_image,
 )
-from nixlayer.image import MAX_TIMESTAMP, ImageSpec
+from nixlayer.image import ImageSpec
 from nixlayer.inspect import describe_image, format_description
 from nixlayer.measure import format_cost, push_cost
 from nixlayer.output import atomic_output
@@ -172,12 +172,7 @@ def from_closure(
         _opt("Creation time, RFC 3339 or 'now'. Default: SOURCE_DATE_EPOCH, else 1970-01-01."),
     ] = None,
     mtime: Annotated[
-        int | None,
-        typer.Option(
-            help="File times in the layers. Default: SOURCE_DATE_EPOCH, else 1.",
-            min=0,
-            max=MAX_TIMESTAMP,
-        ),
+        int | None, _opt("File times in the layers. Default: SOURCE_DATE_EPOCH, else 1.")
     ] = None,
     cmd: Annotated[str | None, _opt("Cmd: a JSON array, or one plain argument.")] = None,
     entrypoint: Annotated[str | None, _opt("Entrypoint: a JSON array, or one argument.")] = None,

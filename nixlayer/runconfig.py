@@ -150,10 +150,13 @@ def _strings(value: Any) -> bool:
 
 
 def run_config(*layers: dict[str, Any], flags: RunFlags = RunFlags()) -> dict[str, Any]:
-    """Base, file and flags merged, later ones winning; keys merged where docker does."""
+    """Base, file and flags merged, later ones winning; keys merged where docker does.
+    A null field is one not set (docker writes ``"Labels": null``)."""
     merged: dict[str, Any] = {}
     for config in (*layers, _flag_config(flags)):
         for field, value in config.items():
+            if value is None:
+                continue
             if field == "Env":
                 merged["Env"] = merge_env(merged.get("Env", []), value)
             elif field in (*_SET_FIELDS, "Labels") and isinstance(value, dict):

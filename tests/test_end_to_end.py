@@ -347,6 +347,13 @@ def _zero_layers(store: FixtureStore, tmp: Path) -> list[str]:
     return [*_closure_args(store, store.closure_file), "--max-layers", "0"]
 
 
+def _mtime(value: int) -> BadCase:
+    def case(store: FixtureStore, tmp: Path) -> list[str]:
+        return [*_closure_args(store, store.closure_file), "--mtime", str(value)]
+
+    return case
+
+
 def _no_closure_file(store: FixtureStore, tmp: Path) -> list[str]:
     return _closure_args(store, tmp / "does-not-exist.json")
 
@@ -366,6 +373,8 @@ BAD_CASES: dict[str, BadCase] = {
     "fifo-in-store": _fifo_in_store,
     "outside-store-dir": _outside_store_dir,
     "zero-layers": _zero_layers,
+    "mtime-negative": _mtime(-1),
+    "mtime-past-the-tar-field": _mtime(2**33),
     "no-closure-file": _no_closure_file,
     "not-json": _not_json,
     "root-not-in-closure": _root_not_in_closure,

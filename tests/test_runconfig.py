@@ -66,6 +66,18 @@ def test_base_then_file_then_flags_with_env_merged_by_name() -> None:
     }
 
 
+def test_null_fields_of_a_base_are_unset() -> None:
+    """docker writes ``"Labels": null``; flags then add to nothing."""
+    base = {"Env": None, "Labels": None, "Volumes": None, "Cmd": ["sh"], "Entrypoint": None}
+    flags = RunFlags(env=["A=1"], labels=["k=v"], volumes=["/data"])
+    assert run_config(base, flags=flags) == {
+        "Env": ["A=1"],
+        "Labels": {"k": "v"},
+        "Volumes": {"/data": {}},
+        "Cmd": ["sh"],
+    }
+
+
 @pytest.mark.parametrize("env", ["NOEQUALS", "=value"])
 def test_malformed_env(env: str) -> None:
     with pytest.raises(NixlayerError, match="--env"):

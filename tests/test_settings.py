@@ -66,6 +66,22 @@ def test_bad_settings(
     assert not (tmp_path / "x.tar").exists()
 
 
+def test_an_mtime_from_the_settings_is_checked_like_the_flag(
+    fixture_store: FixtureStore, tmp_path: Path
+) -> None:
+    """A millisecond timestamp would not fit a tar header's mtime field."""
+    attrs = _attrs_file(fixture_store, tmp_path, {"mtime": 1_700_000_000_000})
+    result = run_nixlayer(
+        "from-closure", attrs, "--attrs-key", "closure", "--settings-from-attrs",
+        "--store-root", fixture_store.root, "-o", tmp_path / "x.tar",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr == b"nixlayer: error: --mtime 1700000000000: must be from 0 to 8589934591\n"
+    )
+    assert not (tmp_path / "x.tar").exists()
+
+
 def test_commands_may_be_lists_and_options_keep_their_names(
     fixture_store: FixtureStore, tmp_path: Path
 ) -> None:
