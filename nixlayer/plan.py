@@ -92,6 +92,8 @@ class Plan:
 
 def _layer_from_json(layer: dict[str, Any]) -> PlanLayer:
     paths = tuple(layer["paths"])
+    if not paths:
+        raise ValueError("a layer without paths")
     sizes = tuple(layer.get("sizes") or [0] * len(paths))
     if len(sizes) != len(paths) or not all(isinstance(p, str) for p in paths):
         raise ValueError("paths and sizes do not match")
@@ -162,12 +164,16 @@ def _lay_out(
 
 
 def _kept_layers(previous: Plan, closure: Closure, provided: frozenset[str]) -> list[list[str]]:
-    """The old layers whose paths are all still in the closure, and none in the base."""
-    return [
-        list(layer.paths)
-        for layer in previous.layers
-        if set(layer.paths) <= closure.paths.keys() and provided.isdisjoint(layer.paths)
-    ]
+    """The old layers whose paths are all still in the closure, and none in the base or
+    in a lower layer kept (an image built on a base before nixlayer left out the base's
+    paths holds them twice)."""
+    kept: list[list[str]] = []
+    taken = set(provided)
+    for layer in previous.layers:
+        if taken.isdisjoint(layer.paths) and closure.paths.keys() >= set(layer.paths):
+            kept.append(list(layer.paths))
+            taken.update(layer.paths)
+    return kept
 
 
 def _make_room(

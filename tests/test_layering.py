@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import networkx as nx
@@ -15,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nixlayer.closure import Closure, RawEntry, make_closure
+from nixlayer.errors import NixlayerError
 from nixlayer.fleet import plan_fleet
 from nixlayer.measure import push_cost
-from nixlayer.plan import Plan, make_plan
+from nixlayer.plan import PLAN_VERSION, Plan, make_plan
 from nixlayer.strategies import STRATEGIES
 from nixlayer.strategies.auto import auto
 from nixlayer.strategies.cochange import _first_fit
@@ -227,6 +229,30 @@ def test_paths_a_base_image_provides_get_no_layer(
     assert all(provided.isdisjoint(layer) for layer in new.layer_sets())
     assert sum(s in new.layer_sets() for s in old.layer_sets()) == len(old.layers) - 3  # app too
     assert f"{len(provided)} paths" in new.notes[0] and "base image" in new.notes[0]
+
+
+def test_previous_with_a_path_in_two_layers_keeps_the_lower(
+    synthetic: dict[str, Closure],
+) -> None:
+    """Images built on a base before nixlayer left out the base's paths hold some paths
+    twice; as --previous, the lower layer is kept and the plan is still a partition."""
+    old = make_plan(synthetic["old"], "cochange", 100)
+    twice = old.layers[0].paths[0]
+    doubled = replace(old.layers[1], paths=(*old.layers[1].paths, twice),
+                      sizes=(*old.layers[1].sizes, 0))  # fmt: skip
+    previous = replace(old, layers=(old.layers[0], doubled, *old.layers[2:]))
+    new = make_plan(synthetic["app"], "cochange", 100, previous=previous)
+    assert new.layer_sets()[0] == old.layer_sets()[0]
+    assert frozenset(doubled.paths) not in new.layer_sets()
+
+
+def test_a_plan_file_with_an_empty_layer_is_refused() -> None:
+    data = {"version": PLAN_VERSION, "store_dir": "/nix/store", "strategy": "cochange",
+            "roots": [], "layers": [{"paths": [], "nar_size": 0, "sizes": []}]}  # fmt: skip
+    with pytest.raises(
+        NixlayerError, match=r"plan\.json: a malformed plan \(a layer without paths\)"
+    ):
+        Plan.from_json(data, "plan.json")
 
 
 @settings(max_examples=300, deadline=None)
