@@ -110,6 +110,39 @@ def test_a_base_nixlayer_did_not_write_gets_every_path(
     assert sorted(p for layer in _layer_paths(out) for p in layer) == sorted(fixture_store.paths)
 
 
+def _with_layer_on_top(base: Path, target: Path, layer: bytes, created_by: str) -> None:
+    """``base`` (a docker-archive) with one more layer, as another tool would add it."""
+    with tarfile.open(base) as outer:
+        members = {m.name: outer.extractfile(m).read() for m in outer if m.isfile()}  # type: ignore[union-attr]
+    manifest = json.loads(members.pop("manifest.json"))
+    config = json.loads(members.pop(manifest[0]["Config"]))
+    config["rootfs"]["diff_ids"].append(f"sha256:{hashlib.sha256(layer).hexdigest()}")
+    config["history"].append({"created_by": created_by})
+    manifest[0] |= {"Config": "config.json", "Layers": [*manifest[0]["Layers"], "top.tar"]}
+    members |= {"top.tar": layer, "config.json": json.dumps(config).encode(),
+                "manifest.json": json.dumps(manifest).encode()}  # fmt: skip
+    target.write_bytes(_tar(list(members.items())))
+
+
+def test_a_layer_another_tool_added_above_makes_every_path_go_in(
+    base_image: Path, top_closure: Path, fixture_store: FixtureStore, tools: Tools, tmp_path: Path
+) -> None:
+    """A layer above the base's own may have deleted store paths (here a whiteout of
+    zlib): nothing is left out, and the image holds the whole closure."""
+    zlib = fixture_store.path("zlib-1.3.1").lstrip("/")
+    whiteout = _tar([(f"{zlib.rsplit('/', 1)[0]}/.wh.{zlib.rsplit('/', 1)[1]}", b"")])
+    base = tmp_path / "extended.tar"
+    _with_layer_on_top(base_image, base, whiteout, f"RUN rm -rf /{zlib}")
+    out = tmp_path / "top.tar"
+    _build_on(str(base), top_closure, fixture_store, out)
+    base_count = len(read_docker_archive(base.read_bytes()).config["rootfs"]["diff_ids"])
+    ours = [p for layer in _layer_paths(out)[base_count:] for p in layer]
+    assert sorted(ours) == sorted(fixture_store.paths)
+    skopeo_copy_to_oci(out, tmp_path / "oci")
+    rootfs = umoci_unpack(tmp_path / "oci", "test", tmp_path / "bundle")
+    assert compare_tree(rootfs, fixture_store.root, fixture_store.paths) == []
+
+
 def test_the_base_counts_against_max_layers(
     base_image: Path, top_closure: Path, fixture_store: FixtureStore, tmp_path: Path
 ) -> None:
