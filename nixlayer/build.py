@@ -53,6 +53,15 @@ class ClosureInput:
 
 
 @dataclass(frozen=True)
+class LastBuild:
+    """``--previous``: the last build's plan JSON, image, or closure, a closure read as
+    ``source`` says and planned as that build was (see ``plan_image``)."""
+
+    value: str
+    source: ClosureInput
+
+
+@dataclass(frozen=True)
 class Identity:
     """The image's name and platform flags, as given (None: not given)."""
 
@@ -122,16 +131,23 @@ def plan_image(
     strategy: str,
     max_layers: int,
     roots: Sequence[str] = (),
-    previous: Plan | None = None,
+    previous: LastBuild | None = None,
     groups: Sequence[Sequence[str]] = (),
 ) -> tuple[Plan, tuple[Layer, ...]]:
     """The plan of the store layers, and all of nixlayer's layers bottom first. Store
-    paths a base image nixlayer wrote holds already are not added again."""
+    paths a base image nixlayer wrote holds already are not added again. A last build
+    given as a closure is planned with the same base and budget as this one, as it
+    was when it was built."""
     root_bytes = os.fsencode(store_root)
     entries = customisation_entries(customisation, closure, root_bytes)
     budget = layer_budget(max_layers, base, bool(entries))
     provided = image_store_paths(base) if base else frozenset()
-    plan = make_plan(closure, strategy, budget, roots, previous, groups, provided)
+    before = (
+        load_layering(previous.value, "--previous", previous.source, strategy, budget, provided)
+        if previous
+        else None
+    )
+    plan = make_plan(closure, strategy, budget, roots, before, groups, provided)
     layers: list[Layer] = [
         StoreLayer(layer.paths, root_bytes, closure.store_dir, layer.nar_size)
         for layer in plan.layers
@@ -194,9 +210,15 @@ def plan_from_image(image: SourceImage) -> Plan:
 
 
 def load_layering(
-    value: str, flag: str, closure_input: ClosureInput, strategy: str, max_layers: int
+    value: str,
+    flag: str,
+    closure_input: ClosureInput,
+    strategy: str,
+    max_layers: int,
+    provided: frozenset[str] = frozenset(),
 ) -> Plan:
-    """A plan JSON, an image nixlayer wrote, or a closure planned here and now."""
+    """A plan JSON, an image nixlayer wrote, or a closure planned here and now (see
+    ``make_plan`` for ``provided``)."""
     path = Path(value)
     data = _json_or_none(path) if path.is_file() else None
     if isinstance(data, dict) and "layers" in data and "version" in data:
@@ -205,7 +227,7 @@ def load_layering(
     if path.is_dir() or is_tar or (not path.exists() and ":" in value):
         return plan_from_image(read_image(value, flag))
     closure = load_closure(replace(closure_input, file=path), lambda message: None)
-    return make_plan(closure, strategy, max_layers)
+    return make_plan(closure, strategy, max_layers, provided=provided)
 
 
 def _json_or_none(path: Path) -> Any:

@@ -16,6 +16,7 @@ from typer.exceptions import TyperException as UsageProblem
 from nixlayer.build import (
     ClosureInput,
     Identity,
+    LastBuild,
     image_run_config,
     image_settings,
     load_closure,
@@ -46,7 +47,7 @@ from nixlayer.image import ImageSpec
 from nixlayer.inspect import describe_image, format_description
 from nixlayer.measure import format_cost, push_cost
 from nixlayer.output import atomic_output
-from nixlayer.plan import Plan, human_size, make_plan, plan_table
+from nixlayer.plan import human_size, make_plan, plan_table
 from nixlayer.readers import INPUT_FORMATS
 from nixlayer.runconfig import RunFlags
 from nixlayer.settings import DEFAULT_KEY, load_attrs_settings
@@ -240,10 +241,10 @@ def from_closure(
     flags = RunFlags(o.cmd, o.entrypoint, o.env or (), o.expose or (), o.workdir,
                      o.volume or (), o.user, o.label or (), o.stop_signal)  # fmt: skip
     run = image_run_config(base, o.config, o.inline_config, flags)
-    before = _previous(o.previous, source, o.strategy, o.max_layers)
+    last_build = LastBuild(o.previous, source) if o.previous else None
     plan, layers = plan_image(
         closure, o.store_root, customisation, base, o.strategy, o.max_layers, o.root or (),
-        before, load_groups(Path(o.group) if o.group else None),
+        last_build, load_groups(Path(o.group) if o.group else None),
     )  # fmt: skip
     for note in plan.notes:
         _note(note, o.quiet)
@@ -356,7 +357,11 @@ def plan_command(
         return
     if len(closures) != 1:
         raise NixlayerError("plan: give one closure, or several with --fleet")
-    before = _previous(previous, sources[0], strategy, max_layers)
+    before = (
+        load_layering(previous, "--previous", sources[0], strategy, max_layers)
+        if previous
+        else None
+    )
     plan = make_plan(closures[0], strategy, max_layers, root or (), before, load_groups(group))
     with atomic_output(output) as out:
         out.write(json.dumps(plan.to_json(), indent=2).encode() + b"\n")
@@ -384,14 +389,6 @@ def _plan_fleet(
         f"{human_size(fleet.ceiling)} of paths in more than one image ({share:.1f} %)",
         quiet,
     )
-
-
-def _previous(
-    value: str | None, source: ClosureInput, strategy: str, max_layers: int
-) -> Plan | None:
-    if value is None:
-        return None
-    return load_layering(value, "--previous", source, strategy, max_layers)
 
 
 @app.command("diff")

@@ -11,13 +11,16 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
-from consumers import run_nixlayer, run_ok
+from consumers import FixtureStore, run_nixlayer, run_ok
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nixlayer.build import ClosureInput, LastBuild, load_closure, plan_image
 from nixlayer.closure import Closure, RawEntry, make_closure
+from nixlayer.customisation import Customisation
 from nixlayer.errors import NixlayerError
 from nixlayer.fleet import plan_fleet
+from nixlayer.formats import read_image
 from nixlayer.measure import push_cost
 from nixlayer.plan import PLAN_VERSION, Plan, make_plan
 from nixlayer.strategies import STRATEGIES
@@ -244,6 +247,30 @@ def test_previous_with_a_path_in_two_layers_keeps_the_lower(
     new = make_plan(synthetic["app"], "cochange", 100, previous=previous)
     assert new.layer_sets()[0] == old.layer_sets()[0]
     assert frozenset(doubled.paths) not in new.layer_sets()
+
+
+def test_a_last_build_given_as_a_closure_is_planned_as_it_was_built(
+    synthetic: dict[str, Closure], fixture_store: FixtureStore, tmp_path: Path
+) -> None:
+    """On a base of 8 layers the store gets 92 of --max-layers 100: the old closure is
+    planned with those 92 again, so every old layer but the app's is reused."""
+    base_file = tmp_path / "base.tar"
+    run_ok("from-closure", fixture_store.closure_file, "--store-root", fixture_store.root,
+           "-o", base_file)  # fmt: skip
+    base = read_image(str(base_file), "--from")
+    old_file = tmp_path / "old.json"
+    old_file.write_text(json.dumps(path_info(generate(500))))
+    assert load_closure(ClosureInput(old_file), print).paths == synthetic["old"].paths
+
+    def plan(closure: Closure, previous: LastBuild | None = None) -> Plan:
+        return plan_image(closure, Path("/"), Customisation(), base, "cochange", 100, (), previous)[
+            0
+        ]
+
+    old = plan(synthetic["old"])
+    new = plan(synthetic["app"], LastBuild(str(old_file), ClosureInput(old_file)))
+    assert len(old.layers) == 92
+    assert sum(s in new.layer_sets() for s in old.layer_sets()) == len(old.layers) - 1
 
 
 def test_a_plan_file_with_an_empty_layer_is_refused() -> None:
