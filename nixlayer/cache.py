@@ -29,10 +29,10 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class CachedLayer:
-    """What a layer turned out to be: uncompressed diff_id and size, and the blob's."""
+    """What a layer turned out to be: its uncompressed diff_id, and its blob's digest,
+    size and media type."""
 
     diff_id: str
-    size: int
     digest: str
     blob_size: int
     media_type: str
@@ -97,5 +97,5 @@ def _parse(data: Any) -> CachedLayer | None:
         return None
     layer = CachedLayer(**data)
     digests_ok = all(_DIGEST.fullmatch(str(d)) for d in (layer.diff_id, layer.digest))
-    sizes_ok = all(type(s) is int and s >= 0 for s in (layer.size, layer.blob_size))
-    return layer if digests_ok and sizes_ok and isinstance(layer.media_type, str) else None
+    size_ok = type(layer.blob_size) is int and layer.blob_size >= 0
+    return layer if digests_ok and size_ok and isinstance(layer.media_type, str) else None

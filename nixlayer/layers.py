@@ -9,6 +9,7 @@ so that one layer's metadata at a time sits in memory.
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -119,11 +120,13 @@ class EntriesLayer:
 class BlobLayer:
     """A layer that exists already, e.g. in a base image: ``open`` gives its blob.
 
-    A compressed blob is decompressed once into a temporary file, since an
-    archive needs the uncompressed size before the bytes. The tar is then read
-    through once, as ``verify`` reads one: its diff_id is checked, so that a corrupt
-    base image stops the build, and so does a member name that is absolute, climbs
-    with ``..`` or comes twice, which would reach whoever unpacks the new image.
+    An OCI image takes a compressed blob as it is stored (``copy_stored``), so that
+    its digest stays the base's. Elsewhere a compressed blob is decompressed once
+    into a temporary file (``prepare``), since an archive needs the uncompressed size
+    before the bytes. Either way the tar is read through once, as ``verify`` reads
+    one: its diff_id is checked, so that a corrupt base image stops the build, and so
+    does a member name that is absolute, climbs with ``..`` or comes twice, which
+    would reach whoever unpacks the new image.
     """
 
     diff_id: str
@@ -161,13 +164,31 @@ class BlobLayer:
 
         return _Blob(self, reopen, size)
 
+    def copy_stored(self, out: IO[bytes]) -> str:
+        """The blob as it is stored into ``out``, read once and checked as ``prepare``
+        checks the tar, and against the blob's digest where the image names it;
+        returns that digest."""
+
+        def opener() -> IO[bytes]:
+            return _Copied(self.open(), out)
+
+        read = read_layer(opener, self.compression, f"layer {self.diff_id}")
+        if self.digest is not None and read.digest != self.digest:
+            raise NixlayerError(f"{self.source}: layer {self.digest} does not match its digest")
+        self._check_read(read.diff_id, read.problems)
+        return read.digest
+
     def _check_tar(self, opener: Callable[[], IO[bytes]]) -> None:
         """The uncompressed tar, read through once: its diff_id and its members."""
         read = read_layer(opener, None, f"layer {self.diff_id}")
-        self.check(read.digest.removeprefix("sha256:"))  # first: is it the layer at all
-        if read.problems:
-            more = f" (and {len(read.problems) - 1} more)" if len(read.problems) > 1 else ""
-            raise NixlayerError(f"{self.source}: {read.problems[0]}{more}")
+        self._check_read(read.digest, read.problems)
+
+    def _check_read(self, diff_id: str | None, problems: list[str]) -> None:
+        if diff_id is not None:  # first: is it the layer at all
+            self.check(diff_id.removeprefix("sha256:"))
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise NixlayerError(f"{self.source}: {problems[0]}{more}")
 
     def identity(self, mtime: int) -> dict[str, Any] | None:
         return {"diff_id": self.diff_id}
@@ -175,6 +196,27 @@ class BlobLayer:
     def check(self, digest: str) -> None:
         if f"sha256:{digest}" != self.diff_id:
             raise NixlayerError(f"{self.source}: layer {self.diff_id} does not match its diff_id")
+
+
+class _Copied(io.RawIOBase):
+    """A reader that writes what is read from it to ``out`` as well."""
+
+    def __init__(self, source: IO[bytes], out: IO[bytes]) -> None:
+        self._source = source
+        self._out = out
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._source.read(len(buffer))
+        buffer[: len(data)] = data
+        self._out.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._source.close()
+        super().close()
 
 
 def _copy_decompressed(layer: BlobLayer, out: IO[bytes]) -> None:

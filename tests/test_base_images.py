@@ -17,6 +17,7 @@ from consumers import (
     Tools,
     compare_tree,
     read_docker_archive,
+    read_oci_layout,
     run_nixlayer,
     run_ok,
     skopeo_copy_to_oci,
@@ -99,6 +100,37 @@ def test_layers_go_on_top_of_the_base(
     assert compare_tree(rootfs, fixture_store.root, fixture_store.paths) == []
 
 
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_an_oci_image_keeps_the_compressed_base_layers_as_they_are(
+    compress: str,
+    base_image: Path,
+    top_closure: Path,
+    fixture_store: FixtureStore,
+    tools: Tools,
+    tmp_path: Path,
+) -> None:
+    """Compressed anew, a base's layers would get new digests, and whoever has the base
+    would fetch them again: they are copied, whatever --compress says for ours."""
+    skopeo_copy_to_oci(base_image, tmp_path / "base-oci", tag="b")  # gzip layers
+    base = read_oci_layout(tmp_path / "base-oci", "b").manifest["layers"]
+    out = tmp_path / "top-oci"
+    for _ in range(2):  # the second time into the same folder, where the blobs are
+        _build_on(f"{tmp_path / 'base-oci'}:b", top_closure, fixture_store, out,
+                  "--format", "oci", "--compress", compress, "--name", "top:1")  # fmt: skip
+        layers = read_oci_layout(out, "top:1").manifest["layers"]
+        assert layers[: len(base)] == base
+        assert all(layer["mediaType"].endswith(compress) for layer in layers[len(base) :])
+    copied = tmp_path / "copied"
+    run_tool = subprocess.run(
+        [tools.skopeo, "--insecure-policy", "copy", "--dest-compress-format", "gzip",
+         f"oci:{out}:top:1", f"oci:{copied}:t"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run_tool.returncode == 0, run_tool.stderr  # skopeo checks every blob's digest
+    rootfs = umoci_unpack(copied, "t", tmp_path / "bundle")
+    assert compare_tree(rootfs, fixture_store.root, fixture_store.paths) == []
+
+
 def test_a_base_nixlayer_did_not_write_gets_every_path(
     top_closure: Path, fixture_store: FixtureStore, tools: Tools, tmp_path: Path
 ) -> None:
@@ -162,9 +194,21 @@ def test_the_base_counts_against_max_layers(
     assert not (tmp_path / "x.tar").exists()
 
 
+@pytest.mark.parametrize(
+    ("image_format", "said"),
+    [("docker-archive", b"does not match its diff_id"), ("oci", b"does not match its digest")],
+)
 def test_a_corrupt_base_layer_stops_the_build(
-    base_image: Path, top_closure: Path, fixture_store: FixtureStore, tools: Tools, tmp_path: Path
+    image_format: str,
+    said: bytes,
+    base_image: Path,
+    top_closure: Path,
+    fixture_store: FixtureStore,
+    tools: Tools,
+    tmp_path: Path,
 ) -> None:
+    """A docker-archive holds the base's layers uncompressed, checked against their
+    diff_ids; an OCI image copies them as stored, checked against their digests."""
     skopeo_copy_to_oci(base_image, tmp_path / "oci", tag="b")
     manifest_digest = json.loads((tmp_path / "oci" / "index.json").read_text())["manifests"][0]
     blobs = tmp_path / "oci" / "blobs" / "sha256"
@@ -173,13 +217,13 @@ def test_a_corrupt_base_layer_stops_the_build(
     victim.write_bytes(subprocess.run(
         ["gzip", "-n"], input=b"not the layer", capture_output=True, check=True
     ).stdout)  # fmt: skip
-    out = tmp_path / "top.tar"
+    out = tmp_path / "top"
     result = run_nixlayer(
         "from-closure", top_closure, "--store-root", fixture_store.root, "-o", out,
-        "--from", f"{tmp_path / 'oci'}:b",
+        "--from", f"{tmp_path / 'oci'}:b", "--format", image_format, "-q",
     )  # fmt: skip
     assert result.returncode == 2
-    assert b"does not match its diff_id" in result.stderr
+    assert said in result.stderr and result.stderr.count(b"\n") == 1
     assert not out.exists()
 
 
