@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nixlayer.errors import NixlayerError
+from nixlayer.formats.files import json_strings
 
 _LIST_FIELDS = ("Cmd", "Entrypoint")
 _STRING_FIELDS = ("WorkingDir", "User", "StopSignal")
@@ -129,7 +130,7 @@ def check_run_config(config: Any, source: str) -> None:
         raise NixlayerError(f'{source}: must be a JSON object like {{"Cmd": [...]}}')
     for field in (*_LIST_FIELDS, "Env"):
         value = config.get(field)
-        if value is not None and not _strings(value):
+        if value is not None and not json_strings(value):
             raise NixlayerError(f"{source}: {field} must be a list of strings")
     for field in _STRING_FIELDS:
         if not isinstance(config.get(field, ""), str):
@@ -143,10 +144,6 @@ def check_run_config(config: Any, source: str) -> None:
         isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
     ):
         raise NixlayerError(f"{source}: Labels must be an object of strings")
-
-
-def _strings(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def run_config(*layers: dict[str, Any], flags: RunFlags = RunFlags()) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -244,6 +245,85 @@ def test_a_base_that_is_not_an_image(
     lines = result.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nixlayer: error:") and str(base) in lines[0]
     assert not (tmp_path / "x.tar").exists()
+
+
+def _oci_blob(layout: Path, digest: str) -> Path:
+    return layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+
+
+def _break_index(layout: Path) -> None:
+    (layout / "index.json").write_text('{"schemaVersion": 2, "manifests": [1]}')
+
+
+def _break_annotations(layout: Path) -> None:
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0]["annotations"] = "b"
+    (layout / "index.json").write_text(json.dumps(index))
+
+
+def _break_rootfs(layout: Path) -> None:
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads(_oci_blob(layout, index["manifests"][0]["digest"]).read_text())
+    config = _oci_blob(layout, manifest["config"]["digest"])
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"rootfs": []}))
+
+
+def _break_layers(layout: Path) -> None:
+    index = json.loads((layout / "index.json").read_text())
+    manifest = _oci_blob(layout, index["manifests"][0]["digest"])
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps(data | {"layers": [1] * len(data["layers"])}))
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (_break_index, "index.json: a manifest is not a JSON object"),
+        (_break_annotations, "the manifest's annotations is not a JSON object"),
+        (_break_rootfs, "the config's rootfs is not a JSON object"),
+        (_break_layers, "the manifest's layer is not a JSON object"),
+    ],
+    ids=["index", "annotations", "rootfs", "layers"],
+)
+def test_malformed_image_metadata_is_one_error_line(
+    damage: Callable[[Path], None],
+    said: str,
+    base_closure: Path,
+    top_closure: Path,
+    fixture_store: FixtureStore,
+    tmp_path: Path,
+) -> None:
+    """inspect, --from and -o into an existing layout name the image and what is wrong."""
+    layout = tmp_path / "layout"
+    run_ok("from-closure", base_closure, "--store-root", fixture_store.root,
+           "--format", "oci", "-o", layout)  # fmt: skip
+    damage(layout)
+    uses = [
+        ("inspect", layout),
+        ("from-closure", top_closure, "--store-root", fixture_store.root,
+         "-o", tmp_path / "x.tar", "--from", layout),
+        ("from-closure", top_closure, "--store-root", fixture_store.root,
+         "--format", "oci", "-o", layout),
+    ]  # fmt: skip
+    for args in uses[: 3 if damage is _break_index else 2]:
+        result = run_nixlayer(*args, "-q") if args[0] != "inspect" else run_nixlayer(*args)
+        lines = result.stderr.decode().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, (args, result.stderr)
+        assert lines[0].startswith("nixlayer: error: ") and said in lines[0], lines
+        assert str(layout) in lines[0]
+    assert not (tmp_path / "x.tar").exists()
+
+
+def test_a_docker_archive_with_a_malformed_config_is_one_error_line(tmp_path: Path) -> None:
+    manifest = json.dumps([{"Config": "config.json", "Layers": ["layer.tar"]}]).encode()
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": []}).encode()
+    image = tmp_path / "image.tar"
+    image.write_bytes(_tar([("manifest.json", manifest), ("config.json", config)]))
+    result = run_nixlayer("inspect", image)
+    assert result.returncode == 2
+    assert result.stderr.decode() == (
+        f"nixlayer: error: {image}: the config's rootfs is not a JSON object\n"
+    )
 
 
 def test_inspect_reads_back_the_plan(

@@ -78,6 +78,19 @@ class ImageFiles:
         return self.files[name]
 
 
+def json_object(value: Any, where: str) -> dict[str, Any]:
+    """``value``, which an image's metadata says is a JSON object; an error naming
+    ``where`` if it is not."""
+    if not isinstance(value, dict):
+        raise NixlayerError(f"{where} is not a JSON object")
+    return value
+
+
+def json_strings(value: Any) -> bool:
+    """Whether ``value`` is a JSON list of strings."""
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
 def folder_files(path: Path) -> ImageFiles:
     files: dict[str, tuple[int, Opener]] = {}
     for folder, _, names in os.walk(path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -21,7 +22,7 @@ from nixlayer.cache import CachedLayer, LayerCache, layer_key
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
 from nixlayer.formats.docker_archive import MANIFEST
-from nixlayer.formats.files import ImageFiles, folder_files
+from nixlayer.formats.files import ImageFiles, json_object, json_strings
 from nixlayer.image import (
     ImageSpec,
     SourceImage,
@@ -57,14 +58,16 @@ def blob_name(digest: str) -> str:
 
 def _descriptor(files: ImageFiles, ref: str | None) -> dict[str, Any]:
     """The manifest descriptor of ``index.json`` that ``ref`` names, or the only one."""
-    index = files.read_json(INDEX)
-    manifests = index.get("manifests") if isinstance(index, dict) else None
-    if not isinstance(manifests, list) or not manifests:
+    manifests = _manifests(files.read_json(INDEX), f"{files.source}: {INDEX}")
+    if not manifests:
         raise NixlayerError(f"{files.source}: {INDEX} lists no manifests")
     if ref is None and len(manifests) == 1:
         return manifests[0]
-    names = [m.get("annotations", {}) for m in manifests if isinstance(m, dict)]
-    for descriptor, names_of in zip(manifests, names, strict=False):
+    names = [
+        json_object(m.get("annotations", {}), f"{files.source}: a manifest's annotations")
+        for m in manifests
+    ]
+    for descriptor, names_of in zip(manifests, names, strict=True):
         if ref in (names_of.get(REF_NAME), names_of.get(CONTAINERD_NAME)):
             return descriptor
     known = ", ".join(sorted(str(a.get(REF_NAME)) for a in names))
@@ -75,16 +78,17 @@ def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
     descriptor = _descriptor(files, ref)
     if descriptor.get("mediaType") in _INDEX_TYPES:
         raise NixlayerError(f"{files.source}: a multi-platform index is not supported here")
-    manifest = files.read_json(blob_name(str(descriptor.get("digest"))))
-    config = files.read_json(blob_name(str(manifest.get("config", {}).get("digest"))))
+    where = f"{files.source}: the manifest"
+    manifest = json_object(files.read_json(blob_name(str(descriptor.get("digest")))), where)
+    config_digest = json_object(manifest.get("config"), f"{where}'s config").get("digest")
+    config = json_object(files.read_json(blob_name(str(config_digest))), f"{files.source}: config")
     layers = manifest.get("layers")
-    diff_ids = config.get("rootfs", {}).get("diff_ids")
-    if (
-        not isinstance(layers, list)
-        or not isinstance(diff_ids, list)
-        or len(layers) != len(diff_ids)
-    ):
+    diff_ids = json_object(config.get("rootfs"), f"{files.source}: the config's rootfs").get(
+        "diff_ids"
+    )
+    if not isinstance(layers, list) or not json_strings(diff_ids) or len(layers) != len(diff_ids):
         raise NixlayerError(f"{files.source}: the manifest's layers do not match the config's")
+    layers = [json_object(layer, f"{where}'s layer") for layer in layers]
     blobs = tuple(
         BlobLayer(
             diff_id=diff_id,
@@ -97,7 +101,8 @@ def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
         )
         for layer, diff_id, history in zip(layers, diff_ids, layer_histories(config), strict=True)
     )
-    ref_name = descriptor.get("annotations", {}).get(CONTAINERD_NAME)
+    annotations = json_object(descriptor.get("annotations", {}), f"{where}'s annotations")
+    ref_name = annotations.get(CONTAINERD_NAME)
     return SourceImage(files.source, config, blobs, (ref_name,) if ref_name else ())
 
 
@@ -245,6 +250,7 @@ def _start_layout(folder: Path) -> None:
         (folder / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise NixlayerError(f"-o {folder}: cannot create it: {error.strerror}") from None
+    _existing_manifests(folder)  # a layout the image cannot be added to fails now
     if not (folder / LAYOUT).is_file():
         with pending_file(folder) as pending:
             pending.file.write(LAYOUT_CONTENT)
@@ -258,14 +264,30 @@ def _platform(spec: ImageSpec) -> dict[str, str]:
     return platform
 
 
+def _existing_manifests(folder: Path) -> list[dict[str, Any]]:
+    """What the layout's ``index.json`` lists (nothing when it has none)."""
+    path = folder / INDEX
+    if not path.is_file():
+        return []
+    try:
+        index = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise NixlayerError(f"-o {folder}: cannot read {INDEX}: {error}") from None
+    return _manifests(index, f"-o {folder}: {INDEX}")
+
+
+def _manifests(index: Any, where: str) -> list[dict[str, Any]]:
+    manifests = json_object(index, where).get("manifests", [])
+    if not isinstance(manifests, list):
+        raise NixlayerError(f"{where}: its manifests are not a list")
+    return [json_object(m, f"{where}: a manifest") for m in manifests]
+
+
 def _update_index(folder: Path, descriptor: dict[str, Any]) -> None:
     """``index.json`` with our image, replacing one of the same name: written last and
     renamed into place, so the layout is always either the old one or the new one."""
-    manifests: list[Any] = []
-    if (folder / INDEX).is_file():
-        manifests = folder_files(folder).read_json(INDEX).get("manifests") or []
     ref = descriptor["annotations"][REF_NAME]
-    kept = [m for m in manifests if not (isinstance(m, dict) and _ref(m) == ref)]
+    kept = [m for m in _existing_manifests(folder) if _ref(m) != ref]
     index = {"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [*kept, descriptor]}
     with pending_file(folder) as pending:
         pending.file.write(canonical_json(index))
