@@ -348,15 +348,21 @@ def plan_command(
     Reads no store contents, unless the closure lacks NAR sizes. --max-layers is the
     budget of store layers alone here.
     """
+    if fleet:
+        one_image = {"--root": root, "--previous": previous, "--group": group}
+        given = [flag for flag, value in one_image.items() if value]
+        if given:
+            raise NixlayerError(f"{given[0]}: not with --fleet (it is for one image)")
+        names = _fleet_plan_names(closure_files, Path(output))
+    elif len(closure_files) != 1:
+        raise NixlayerError("plan: give one closure, or several with --fleet")
     sources = [
         ClosureInput(f, input_format, attrs_key, store_dir, store_root) for f in closure_files
     ]
     closures = [load_closure(source, lambda message: _note(message, quiet)) for source in sources]
     if fleet:
-        _plan_fleet(closures, closure_files, Path(output), strategy, max_layers, quiet)
+        _plan_fleet(closures, closure_files, names, strategy, max_layers, quiet)
         return
-    if len(closures) != 1:
-        raise NixlayerError("plan: give one closure, or several with --fleet")
     before = (
         load_layering(previous, "--previous", sources[0], strategy, max_layers)
         if previous
@@ -369,18 +375,27 @@ def plan_command(
         print(plan_table(plan), file=sys.stderr)
 
 
-def _plan_fleet(
-    closures: list[Closure], files: list[Path], folder: Path, strategy: str, max_layers: int,
-    quiet: bool,
-) -> None:  # fmt: skip
-    fleet = plan_fleet(closures, strategy, max_layers)
+def _fleet_plan_names(files: list[Path], folder: Path) -> list[Path]:
+    """Where each closure's plan goes: ``<stem>.plan.json`` in ``folder``, or, where
+    stems repeat (a.json and b/a.json), named after their folders too."""
     if not folder.is_dir():
         raise NixlayerError(f"-o {folder}: --fleet writes one plan per closure into a folder")
     stems = [file.stem for file in files]
-    if len(set(stems)) < len(stems):  # a.json and b/a.json: name them after their folders too
+    if len(set(stems)) < len(stems):
         stems = ["-".join(file.with_suffix("").parts[-2:]) for file in files]
-    for file, stem, plan in zip(files, stems, fleet.plans, strict=True):
-        with atomic_output(str(folder / f"{stem}.plan.json")) as out:
+    for file, stem in zip(files, stems, strict=True):
+        if stems.count(stem) > 1:
+            raise NixlayerError(f"{file}: another closure's plan would also be {stem}.plan.json")
+    return [folder / f"{stem}.plan.json" for stem in stems]
+
+
+def _plan_fleet(
+    closures: list[Closure], files: list[Path], names: list[Path], strategy: str,
+    max_layers: int, quiet: bool,
+) -> None:  # fmt: skip
+    fleet = plan_fleet(closures, strategy, max_layers)
+    for file, name, plan in zip(files, names, fleet.plans, strict=True):
+        with atomic_output(str(name)) as out:
             out.write(json.dumps(plan.to_json(), indent=2).encode() + b"\n")
         _note(f"{file}: {len(plan.layers)} layers", quiet)
     share = 100 * fleet.shared_bytes / fleet.ceiling if fleet.ceiling else 100.0

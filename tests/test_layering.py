@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -184,6 +185,44 @@ def test_fleet_shares_identical_layers() -> None:
     shared = set.intersection(*(set(p.layer_sets()) for p in fleet.plans))
     glibc = next(p for p in closures[0].paths if p.endswith("glibc-2.39"))
     assert any(glibc in layer for layer in shared)
+
+
+def test_fleet_on_the_command_line(tmp_path: Path) -> None:
+    """One plan per closure in the folder; what two images share sits in identical layers."""
+    for seed in (1, 2):
+        (tmp_path / f"svc{seed}.json").write_text(json.dumps(path_info(generate(300, seed))))
+    files = [tmp_path / "svc1.json", tmp_path / "svc2.json"]
+    (tmp_path / "plans").mkdir()
+    run_ok("plan", "--fleet", *files, "-o", tmp_path / "plans", "-q")
+    plans = [Plan.from_json(json.loads((tmp_path / "plans" / f"svc{s}.plan.json").read_text()),
+                            f"svc{s}") for s in (1, 2)]  # fmt: skip
+    shared = set(plans[0].layer_sets()) & set(plans[1].layer_sets())
+    common = set(plans[0].sizes()) & set(plans[1].sizes())
+    assert common and {p for layer in shared for p in layer} == common
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (["--root", "/nix/store/x"], "--root: not with --fleet"),
+        (["--group", "g.json"], "--group: not with --fleet"),
+        (["-o", "a-file"], "-o a-file: --fleet writes one plan per closure into a folder"),
+        (["same"], "another closure's plan would also be"),
+    ],
+    ids=["root", "group", "output-not-a-folder", "same-name"],
+)
+def test_fleet_refuses_what_it_cannot_do(extra: list[str], said: str, tmp_path: Path) -> None:
+    closure = tmp_path / "c.json"
+    closure.write_text(json.dumps(path_info(generate(50))))
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "out").mkdir()
+    files = [closure, closure] if extra == ["same"] else [closure, tmp_path / "no-such.json"]
+    flags = [] if extra == ["same"] else extra
+    output = [] if "-o" in flags else ["-o", "out"]
+    result = run_nixlayer("plan", "--fleet", *files, *output, *flags, cwd=tmp_path)
+    assert result.returncode == 2
+    assert said in result.stderr.decode() and result.stderr.count(b"\n") == 1, result.stderr
+    assert os.listdir(tmp_path / "out") == []
 
 
 def test_diff_on_the_command_line(synthetic: dict[str, Closure], tmp_path: Path) -> None:
