@@ -149,7 +149,8 @@ def make_plan(
 
 def _provided_note(provided: frozenset[str], closure: Closure) -> str:
     size = sum(closure.paths[p].nar_size or 0 for p in provided)
-    return f"{len(provided)} paths ({human_size(size)}) are in the base image already"
+    paths = "1 path is" if len(provided) == 1 else f"{len(provided)} paths are"
+    return f"{paths} in the base image already ({human_size(size)})"
 
 
 def _lay_out(
@@ -201,14 +202,17 @@ def _explicit_groups(
     is in the first group that matches it, and a group that matches nothing is left out."""
     result = []
     for globs in groups:
-        members = [
+        matched = [
             p
             for p, store_path in sorted(closure.paths.items())
-            if p not in taken and any(fnmatch.fnmatchcase(store_path.name, g) for g in globs)
+            if any(fnmatch.fnmatchcase(store_path.name, g) for g in globs)
         ]
+        members = [p for p in matched if p not in taken]
         if members:
             result.append(members)
             taken.update(members)
+        elif matched:
+            notes.append(f"--group {list(globs)} matches only paths placed already")
         else:
             notes.append(f"--group {list(globs)} matches no path")
     return result

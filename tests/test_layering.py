@@ -265,12 +265,15 @@ def test_paths_a_base_image_provides_get_no_layer(
     """What a base image holds is neither laid out again nor kept from --previous."""
     old = make_plan(synthetic["old"], strategy, 100)
     provided = frozenset(old.layers[0].paths) | {old.layers[len(old.layers) // 2].paths[0]}
-    new = make_plan(synthetic["app"], strategy, 100, previous=old, provided=provided)
+    in_base = synthetic["app"].paths[old.layers[0].paths[0]].name
+    new = make_plan(synthetic["app"], strategy, 100, previous=old, groups=[[in_base]],
+                    provided=provided)  # fmt: skip
     laid_out = [p for layer in new.layers for p in layer.paths]
     assert sorted(laid_out) == sorted(synthetic["app"].paths.keys() - provided)
     assert all(provided.isdisjoint(layer) for layer in new.layer_sets())
     assert sum(s in new.layer_sets() for s in old.layer_sets()) == len(old.layers) - 3  # app too
-    assert f"{len(provided)} paths" in new.notes[0] and "base image" in new.notes[0]
+    assert new.notes[0].startswith(f"{len(provided)} paths are in the base image already")
+    assert new.notes[1] == f"--group {[in_base]} matches only paths placed already"
 
 
 def test_previous_with_a_path_in_two_layers_keeps_the_lower(
