@@ -28,6 +28,7 @@ from typing import IO, Any
 
 from nixlayer.blobs import BlobRead, read_blob, read_layer, reopenable
 from nixlayer.errors import NixlayerError
+from nixlayer.formats.docker_archive import MANIFEST
 from nixlayer.formats.files import (
     READ_ERRORS,
     ImageFiles,
@@ -36,13 +37,10 @@ from nixlayer.formats.files import (
     folder_files,
     tar_files,
 )
+from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT
+from nixlayer.tarwriter import END_OF_ARCHIVE
 
-MANIFEST = "manifest.json"
-INDEX = "index.json"
-LAYOUT = "oci-layout"
 BLOBS = "blobs/sha256/"
-_BLOCK = 512
-_END_MARKER = 2 * _BLOCK
 _CHUNK = 1 << 20
 _MAX_DEPTH = 4  # nested indexes followed; deeper ones are reported, not followed
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -50,10 +48,6 @@ _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
 _MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
-)
-_INDEX_TYPES = (
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
 )
 
 
@@ -189,7 +183,7 @@ def _tail_problems(file: IO[bytes], length: int, what: str) -> list[str]:
         if chunk.count(0) != len(chunk):
             return [f"{what} has data after a header it cannot read (damaged)"]
         remaining -= len(chunk)
-    if length < _END_MARKER:
+    if length < len(END_OF_ARCHIVE):
         return [f"{what} has no end-of-archive marker (truncated?)"]
     return []
 
@@ -359,7 +353,7 @@ def _check_index(check: _Checker, index: Any, where: str, depth: int) -> None:
         if data is None:
             continue
         media_type = descriptor.get("mediaType")
-        if media_type in _INDEX_TYPES and depth < _MAX_DEPTH:
+        if media_type in INDEX_TYPES and depth < _MAX_DEPTH:
             _check_index(check, data, place, depth + 1)
         elif media_type in _MANIFEST_TYPES or media_type is None:
             _check_manifest(check, data, place, descriptor.get("platform"))

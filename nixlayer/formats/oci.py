@@ -43,7 +43,7 @@ INDEX = "index.json"
 LAYOUT = "oci-layout"
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
-_INDEX_TYPES = (
+INDEX_TYPES = (
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
@@ -76,7 +76,7 @@ def _descriptor(files: ImageFiles, ref: str | None) -> dict[str, Any]:
 
 def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
     descriptor = _descriptor(files, ref)
-    if descriptor.get("mediaType") in _INDEX_TYPES:
+    if descriptor.get("mediaType") in INDEX_TYPES:
         raise NixlayerError(f"{files.source}: a multi-platform index is not supported here")
     where = f"{files.source}: the manifest"
     manifest = json_object(files.read_json(blob_name(str(descriptor.get("digest")))), where)
