@@ -7,31 +7,8 @@ import json
 from typing import Any
 
 from nixlayer.image import SourceImage
-from nixlayer.layers import CREATED_BY, STORE_PATHS_PREFIX
+from nixlayer.layers import layer_store_paths
 from nixlayer.plan import human_size
-
-
-def layer_store_paths(history: dict[str, Any]) -> list[str]:
-    """The store paths a layer holds, if nixlayer wrote it; empty otherwise."""
-    comment = history.get("comment")
-    if history.get("created_by") != CREATED_BY or not isinstance(comment, str):
-        return []
-    if not comment.startswith(STORE_PATHS_PREFIX):
-        return []
-    return comment.removeprefix(STORE_PATHS_PREFIX).split()
-
-
-def image_store_paths(image: SourceImage) -> frozenset[str]:
-    """The store paths an image surely holds: those its nixlayer layers list, unless a
-    layer another tool wrote sits above them (it may delete files: a whiteout) or the
-    history does not pair up with the layers. Then none: nothing is left out."""
-    history = image.config.get("history") or []
-    entries = [h for h in history if isinstance(h, dict) and not h.get("empty_layer")]
-    ours = [layer.history.get("created_by") == CREATED_BY for layer in image.layers]
-    lowest = ours.index(True) if True in ours else len(ours)
-    if len(entries) != len(image.layers) or not all(ours[lowest:]):
-        return frozenset()
-    return frozenset(p for layer in image.layers for p in layer_store_paths(layer.history))
 
 
 def describe_image(image: SourceImage) -> dict[str, Any]:
