@@ -45,6 +45,7 @@ from nixlayer.formats import (
 )
 from nixlayer.image import ImageSpec
 from nixlayer.inspect import describe_image, format_description
+from nixlayer.layers import image_store_paths
 from nixlayer.measure import format_cost, push_cost
 from nixlayer.output import atomic_output
 from nixlayer.plan import human_size, make_plan, plan_table
@@ -341,6 +342,9 @@ def plan_command(
     strategy: StrategyOpt = DEFAULT_STRATEGY,
     previous: Previous = None,
     group: Groups = None,
+    from_image: Annotated[
+        str | None, _opt("A base image nixlayer wrote: the paths it holds get no layer.", "--from")
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Assign store paths to layers and write the plan as JSON.
@@ -349,7 +353,7 @@ def plan_command(
     budget of store layers alone here.
     """
     if fleet:
-        one_image = {"--root": root, "--previous": previous, "--group": group}
+        one_image = {"--root": root, "--previous": previous, "--group": group, "--from": from_image}
         given = [flag for flag, value in one_image.items() if value]
         if given:
             raise NixlayerError(f"{given[0]}: not with --fleet (it is for one image)")
@@ -363,12 +367,15 @@ def plan_command(
     if fleet:
         _plan_fleet(closures, closure_files, names, strategy, max_layers, quiet)
         return
+    provided = image_store_paths(read_image(from_image, "--from")) if from_image else frozenset()
     before = (
-        load_layering(previous, "--previous", sources[0], strategy, max_layers)
+        load_layering(previous, "--previous", sources[0], strategy, max_layers, provided)
         if previous
         else None
     )
-    plan = make_plan(closures[0], strategy, max_layers, root or (), before, load_groups(group))
+    plan = make_plan(
+        closures[0], strategy, max_layers, root or (), before, load_groups(group), provided
+    )
     with atomic_output(output) as out:
         out.write(json.dumps(plan.to_json(), indent=2).encode() + b"\n")
     if not quiet:

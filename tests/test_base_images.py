@@ -132,6 +132,17 @@ def test_an_oci_image_keeps_the_compressed_base_layers_as_they_are(
     assert compare_tree(rootfs, fixture_store.root, fixture_store.paths) == []
 
 
+def test_plan_from_a_base_shows_the_layers_from_closure_adds(
+    base_image: Path, top_closure: Path, fixture_store: FixtureStore, tmp_path: Path
+) -> None:
+    base_layers = len(_layer_paths(base_image))
+    plan = json.loads(run_ok("plan", top_closure, "--from", base_image,
+                             "--max-layers", str(100 - base_layers), "-q").stdout)  # fmt: skip
+    out = tmp_path / "top.tar"
+    _build_on(str(base_image), top_closure, fixture_store, out)
+    assert [layer["paths"] for layer in plan["layers"]] == _layer_paths(out)[base_layers:]
+
+
 def test_a_base_nixlayer_did_not_write_gets_every_path(
     top_closure: Path, fixture_store: FixtureStore, tools: Tools, tmp_path: Path
 ) -> None:
