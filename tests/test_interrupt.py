@@ -133,7 +133,15 @@ def _interrupted(command: list[str], folder: Path, signum: int) -> tuple[int, st
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".nixlayer-*"))
+    """Temporary files and folders anywhere under ``folder``. os.walk passes over a
+    folder that vanishes as it is listed (a watcher removing a scratch folder), where
+    Path.rglob raised FileNotFoundError."""
+    return sorted(
+        os.path.relpath(os.path.join(parent, name), folder)
+        for parent, folders, files in os.walk(folder)
+        for name in (*folders, *files)
+        if name.startswith(".nixlayer-")
+    )
 
 
 def _leftovers_vanish(folder: Path, within: float = 30) -> list[str]:
