@@ -99,17 +99,24 @@ def test_push_cost_equals_a_brute_force_recount(
 def test_the_default_pushes_no_more_than_popularity_or_auto(
     synthetic: dict[str, Closure], scenario: str
 ) -> None:
-    """At most what the others push; when a hub changes, nearly everything travels
-    with every strategy, and cochange may carry a few KB of unchanged tiny paths more
-    (1 KiB of 240 MiB here): that case is held to 0.01 % of the floor instead."""
-    pushed, floor = {}, 0
-    for strategy in STRATEGIES:
-        old = make_plan(synthetic["old"], strategy, 100)
-        new = make_plan(synthetic[scenario], strategy, 100)
-        cost = push_cost(old.layer_sets(), new.layer_sets(), new.sizes())
-        pushed[strategy], floor = cost.pushed, cost.floor
-    slack = floor // 10_000 if scenario == "hub" else 0
-    assert pushed["cochange"] <= min(pushed["popularity"], pushed["auto"]) + slack
+    default = _pushed(synthetic["old"], synthetic[scenario])
+    others = (_pushed(synthetic["old"], synthetic[scenario], s) for s in ("popularity", "auto"))
+    assert default <= min(others)
+
+
+def test_after_a_hub_upgrade_the_default_pushes_no_more_than_the_others_at_5000() -> None:
+    """Paths that need nothing (no glibc) stay out of the hub's layer and of its
+    users' layers, so their layers survive; at 5,000 paths popularity isolates a few of
+    them by luck, which the default must match."""
+    model = generate(5000)
+    old, new = _closure(path_info(model)), _closure(path_info(upgrade(model, "hub")))
+    default = _pushed(old, new)
+    assert default <= min(_pushed(old, new, "popularity"), _pushed(old, new, "auto"))
+
+
+def _pushed(old: Closure, new: Closure, strategy: str = "cochange") -> int:
+    before, after = make_plan(old, strategy, 100), make_plan(new, strategy, 100)
+    return push_cost(before.layer_sets(), after.layer_sets(), after.sizes()).pushed
 
 
 @pytest.mark.parametrize("scenario", ["app", "leaf", "mid", "drop-dependency"])
@@ -314,7 +321,7 @@ def test_a_last_build_given_as_a_closure_is_planned_as_it_was_built(
 
     old = plan(synthetic["old"])
     new = plan(synthetic["app"], LastBuild(str(old_file), ClosureInput(old_file)))
-    assert len(old.layers) == 92
+    assert len(old.layers) <= 92
     assert sum(s in new.layer_sets() for s in old.layer_sets()) == len(old.layers) - 1
 
 

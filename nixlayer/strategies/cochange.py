@@ -16,21 +16,24 @@ putting paths together costs the bytes that then travel without having changed:
 Given a price limit T, two passes make the layers:
 
 1. below: from the bottom of the graph up, a path's group (it and what has joined
-   it) joins the group of its least-changing user when that costs at most T. The
-   largest paths (as many as half the budget) never join a user: when a library
-   that many paths use is upgraded, the big paths that do not use it keep their
-   layers instead of travelling with their upgraded users;
+   it) joins the group of its least-changing user when that costs at most T. Three
+   kinds of path never join a user, so that when a library that many paths use is
+   upgraded, the paths that do not use it keep their layers instead of travelling
+   with their upgraded users: the largest paths (as many as half the budget), the
+   hubs (paths that a tenth of the closure uses directly: glibc, python) and the
+   paths that need nothing (c = 1: data, static binaries);
 2. beside: the groups nobody took, in order of c then name, are cut into runs. A
    cut follows group g when ``size(g) * c(g) / T + size(g) / cap``, with cap twice
    the image's bytes over the budget, exceeds a number in [0, 1) drawn from a hash
    of g's name-version: runs carry about T of that weight and about cap of bytes,
-   heavy groups stand alone, and whether a cut follows g depends on g alone, so
-   adding, dropping or rebuilding one group changes one run (content-defined
-   chunking, as in rsync or restic). As chunkers do, a run is not cut before it
+   heavy groups and hubs stand alone, and whether a cut follows g depends on g
+   alone, so adding, dropping or rebuilding one group changes one run
+   (content-defined chunking, as in rsync or restic). As chunkers do, a run is not cut before it
    carries a quarter of one expected cut's weight and is always cut before one and
    a half: fewer tiny and huge runs, for a change that may move the cut after it.
-   A run also ends before a group that changes more than twice as often as its
-   first: the rarely changing would travel with it.
+   A run also ends before a group that changes twice as often as its first or
+   more: the rarely changing would travel with it (so the paths that need nothing
+   share runs only among themselves).
 
 Roots never join or take in others. T is the smallest value of a fixed ladder
 (eight steps per doubling) whose layers fit the budget; a graph that differs a
@@ -54,7 +57,8 @@ from nixlayer.strategies.reach import Indexed, indexed, indexed_reach_sums, name
 
 _STEPS_PER_DOUBLING = 8
 _SHORTEST_RUN, _LONGEST_RUN = 0.25, 1.5  # in expected cuts: what a run carries at least, at most
-_RATE_SPAN = 2  # a run's change counts stay within this factor of its first group's
+_RATE_SPAN = 2  # a run's change counts stay below this factor of its first group's
+_HUB_SHARE = 10  # a hub is used directly by at least 1 / _HUB_SHARE of the paths
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class _Graph:
     names: list[str]  # name-version
     chances: dict[int, float]
     cap: float  # bytes from which a group is always cut off
+    hubs: frozenset[int]  # paths a tenth of the closure uses directly: each stands alone
 
     def chance(self, node: int) -> float:
         if node not in self.chances:
@@ -164,16 +169,18 @@ def _prepare(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> _Graph:
     size = [data for _, data in graph.nodes(data="nar_size")]  # in ix.nodes order
     beside_order = [n for n in by_change if not is_root[n]]
     fixed = set(heapq.nsmallest(budget // 2, beside_order, key=lambda n: (-size[n], keys[n])))
+    hubs = frozenset(n for n in beside_order if len(ix.pred[n]) * _HUB_SHARE >= len(ix.nodes))
     climbs = []
     for node in reversed(ix.order):  # dependencies first
         users = [u for u in ix.pred[node] if not is_root[u]]
-        if users and not is_root[node] and node not in fixed:
+        stays = node in fixed or node in hubs or changes[node] == 1
+        if users and not is_root[node] and not stays:
             user = min(users, key=rank.__getitem__)
             climbs.append((node, user, changes[user] - changes[node]))
     cap = 2 * max(1, sum(size)) / budget
     root_list = [n for n, root in enumerate(is_root) if root]
     names = [key[0] for key in keys]
-    return _Graph(ix, size, changes, root_list, climbs, beside_order, names, {}, cap)
+    return _Graph(ix, size, changes, root_list, climbs, beside_order, names, {}, cap, hubs)
 
 
 def _chance(name: str) -> float:
@@ -193,7 +200,8 @@ def _runs(g: _Graph, limit: float) -> tuple[list[list[int]], list[int]]:
             group_size[user] += group_size[node]
     tops = [node for node in g.beside_order if joined[node] < 0]
     changes, per_byte = g.changes, 1 / g.cap
-    cut = [group_size[t] * (changes[t] / limit + per_byte) for t in tops]
+    weights = [group_size[t] * (changes[t] / limit + per_byte) for t in tops]
+    cut = [max(w, 1.0) if t in g.hubs else w for t, w in zip(tops, weights, strict=True)]
     runs: list[list[int]] = []
     run: list[int] = []
     filled = 0.0
@@ -205,7 +213,7 @@ def _runs(g: _Graph, limit: float) -> tuple[list[list[int]], list[int]]:
             break
         following = tops[index + 1]
         chosen = filled >= _SHORTEST_RUN and cut[index] >= 1.0 - g.chance(top)
-        faster = changes[following] > _RATE_SPAN * changes[run[0]]
+        faster = changes[following] >= _RATE_SPAN * changes[run[0]]
         if chosen or faster or cut[index + 1] >= 1.0 or filled + cut[index + 1] > _LONGEST_RUN:
             runs.append(run)
             run, filled = [], 0.0
