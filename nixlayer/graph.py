@@ -11,7 +11,9 @@ from nixlayer.errors import NixlayerError
 
 
 def build_graph(closure: Closure) -> nx.DiGraph:
-    """A ``DiGraph`` whose nodes are store paths (attribute ``nar_size``).
+    """A ``DiGraph`` whose nodes are store paths, with attributes ``nar_size`` and
+    ``references``: how many other paths of the closure it references, which a part
+    of the graph (``induced``) keeps when its edges to the rest are gone.
 
     Self-references are dropped: Nix records them, but they say nothing about order.
     A cycle between distinct paths cannot come from Nix, so it is refused here
@@ -19,7 +21,8 @@ def build_graph(closure: Closure) -> nx.DiGraph:
     """
     graph = nx.DiGraph()
     for store_path in closure.paths.values():
-        graph.add_node(store_path.path, nar_size=store_path.nar_size)
+        references = len(store_path.references) - (store_path.path in store_path.references)
+        graph.add_node(store_path.path, nar_size=store_path.nar_size, references=references)
     graph.add_edges_from(
         (store_path.path, ref)
         for store_path in closure.paths.values()

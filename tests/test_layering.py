@@ -132,6 +132,15 @@ def test_the_default_rebuilds_only_layers_that_hold_changed_paths(
     assert set(unchanged) <= set(old.layer_sets())
 
 
+@pytest.mark.parametrize(("paths", "budget"), [(20, 3), (50, 4), (500, 8), (5000, 16)])
+def test_a_small_budget_still_keeps_the_application_alone_on_top(paths: int, budget: int) -> None:
+    """Hubs and paths that need nothing stand apart only as far as the budget allows:
+    where no price limit fits, neighbouring runs merge, never into the app's layer."""
+    plan = make_plan(_closure(path_info(generate(paths, 2))), "cochange", budget)
+    assert len(plan.layers) <= budget
+    assert [p.rsplit("-", 2)[-2:] for p in plan.layers[-1].paths] == [["app", "1.0"]]
+
+
 def test_a_large_path_does_not_join_the_layer_of_a_path_that_uses_it(
     synthetic: dict[str, Closure],
 ) -> None:

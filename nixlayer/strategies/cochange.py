@@ -20,8 +20,9 @@ Given a price limit T, two passes make the layers:
    kinds of path never join a user, so that when a library that many paths use is
    upgraded, the paths that do not use it keep their layers instead of travelling
    with their upgraded users: the largest paths (as many as half the budget), the
-   hubs (paths that a tenth of the closure uses directly: glibc, python) and the
-   paths that need nothing (c = 1: data, static binaries);
+   hubs (paths that a tenth of the paths laid out use directly, such as glibc or
+   python; as many as a tenth of the budget) and the paths that reference nothing (data,
+   static binaries);
 2. beside: the groups nobody took, in order of c then name, are cut into runs. A
    cut follows group g when ``size(g) * c(g) / T + size(g) / cap``, with cap twice
    the image's bytes over the budget, exceeds a number in [0, 1) drawn from a hash
@@ -32,11 +33,12 @@ Given a price limit T, two passes make the layers:
    carries a quarter of one expected cut's weight and is always cut before one and
    a half: fewer tiny and huge runs, for a change that may move the cut after it.
    A run also ends before a group that changes twice as often as its first or
-   more: the rarely changing would travel with it (so the paths that need nothing
-   share runs only among themselves).
+   more: the rarely changing would travel with it (so the paths that reference
+   nothing, c = 1, share runs only among themselves).
 
 Roots never join or take in others. T is the smallest value of a fixed ladder
-(eight steps per doubling) whose layers fit the budget; a graph that differs a
+(eight steps per doubling) whose layers fit the budget (where none does, because
+the budget is small, neighbouring runs are merged until they fit); a graph that differs a
 little gets the same T and so the same layers, unless it crosses a step (then
 about a tenth of the runs move). Layers come in order of c, least first, the roots
 last, so that docker's layer chain breaks as high as possible.
@@ -58,7 +60,7 @@ from nixlayer.strategies.reach import Indexed, indexed, indexed_reach_sums, name
 _STEPS_PER_DOUBLING = 8
 _SHORTEST_RUN, _LONGEST_RUN = 0.25, 1.5  # in expected cuts: what a run carries at least, at most
 _RATE_SPAN = 2  # a run's change counts stay below this factor of its first group's
-_HUB_SHARE = 10  # a hub is used directly by at least 1 / _HUB_SHARE of the paths
+_HUB_SHARE = 10  # hubs: used by 1 / _HUB_SHARE of the paths, 1 / _HUB_SHARE of the budget
 
 
 @dataclass(frozen=True)
@@ -167,20 +169,34 @@ def _prepare(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> _Graph:
     for place, node in enumerate(by_change):
         rank[node] = place
     size = [data for _, data in graph.nodes(data="nar_size")]  # in ix.nodes order
+    references = [  # in the whole closure, where the graph is a part of it
+        len(ix.succ[n]) if count is None else count
+        for n, (_, count) in enumerate(graph.nodes(data="references"))
+    ]
     beside_order = [n for n in by_change if not is_root[n]]
     fixed = set(heapq.nsmallest(budget // 2, beside_order, key=lambda n: (-size[n], keys[n])))
-    hubs = frozenset(n for n in beside_order if len(ix.pred[n]) * _HUB_SHARE >= len(ix.nodes))
+    hubs = frozenset(_hubs(ix, beside_order, keys, budget))
     climbs = []
     for node in reversed(ix.order):  # dependencies first
         users = [u for u in ix.pred[node] if not is_root[u]]
-        stays = node in fixed or node in hubs or changes[node] == 1
+        stays = node in fixed or node in hubs or not references[node]
         if users and not is_root[node] and not stays:
             user = min(users, key=rank.__getitem__)
             climbs.append((node, user, changes[user] - changes[node]))
     cap = 2 * max(1, sum(size)) / budget
-    root_list = [n for n, root in enumerate(is_root) if root]
+    root_list = sorted((n for n, root in enumerate(is_root) if root), key=keys.__getitem__)
     names = [key[0] for key in keys]
     return _Graph(ix, size, changes, root_list, climbs, beside_order, names, {}, cap, hubs)
+
+
+def _hubs(
+    ix: Indexed, candidates: list[int], keys: list[tuple[str, str]], budget: int
+) -> list[int]:
+    """The paths that a tenth of the closure uses directly, the most used first, as many
+    as a tenth of the budget: each stands alone, and a small budget (the few layers
+    --previous leaves) must still hold the rest."""
+    used = [n for n in candidates if len(ix.pred[n]) * _HUB_SHARE >= len(ix.nodes)]
+    return heapq.nsmallest(budget // _HUB_SHARE, used, key=lambda n: (-len(ix.pred[n]), keys[n]))
 
 
 def _chance(name: str) -> float:
@@ -213,7 +229,8 @@ def _runs(g: _Graph, limit: float) -> tuple[list[list[int]], list[int]]:
             break
         following = tops[index + 1]
         chosen = filled >= _SHORTEST_RUN and cut[index] >= 1.0 - g.chance(top)
-        faster = changes[following] >= _RATE_SPAN * changes[run[0]]
+        first = changes[run[0]]
+        faster = changes[following] > _RATE_SPAN * first or first == 1 < changes[following]
         if chosen or faster or cut[index + 1] >= 1.0 or filled + cut[index + 1] > _LONGEST_RUN:
             runs.append(run)
             run, filled = [], 0.0
@@ -233,12 +250,21 @@ def _layers(g: _Graph, runs: list[list[int]], joined: list[int]) -> list[list[in
 
 
 def _within_budget(layers: list[list[int]], g: _Graph, budget: int) -> list[list[str]]:
-    """Node numbers to paths, bottom first; when there are more roots than layers, the
-    smallest layers share the top one."""
-    named = [[g.ix.nodes[n] for n in layer] for layer in layers]
-    if len(named) <= budget:
-        return named
-    by_size = sorted(range(len(layers)), key=lambda i: sum(g.size[n] for n in layers[i]))
-    merged = set(by_size[: len(layers) - budget + 1])
-    kept = [layer for i, layer in enumerate(named) if i not in merged]
-    return [*kept, [path for i in sorted(merged) for path in named[i]]]
+    """Node numbers to paths, bottom first. Where the rules above leave more layers than
+    the budget (a small one, or many roots), the two neighbouring runs that hold the
+    fewest bytes together become one, until the layers fit: the order by c stays,
+    and the roots keep layers of their own. Only where the roots alone outnumber the
+    budget do the smallest layers share the top one."""
+    runs, roots = len(layers) - len(g.roots), len(g.roots)
+    merged = [(layer, sum(g.size[n] for n in layer)) for layer in layers[:runs]]
+    while len(merged) > 1 and len(merged) + roots > budget:
+        pair = min(range(len(merged) - 1), key=lambda i: merged[i][1] + merged[i + 1][1])
+        (low, low_size), (high, high_size) = merged[pair], merged.pop(pair + 1)
+        merged[pair] = (low + high, low_size + high_size)
+    ordered = [layer for layer, _ in merged] + layers[runs:]
+    if len(ordered) > budget:
+        by_size = sorted(range(len(ordered)), key=lambda i: sum(g.size[n] for n in ordered[i]))
+        shared = set(by_size[: len(ordered) - budget + 1])
+        kept = [layer for i, layer in enumerate(ordered) if i not in shared]
+        ordered = [*kept, [n for i in sorted(shared) for n in ordered[i]]]
+    return [[g.ix.nodes[n] for n in layer] for layer in ordered]
