@@ -167,15 +167,18 @@ class BlobLayer:
 
         return _Blob(self, reopen, size)
 
-    def copy_stored(self, out: IO[bytes]) -> str:
+    def copy_stored(self, out: IO[bytes], on_bytes: Callable[[int], None]) -> str:
         """The blob as it is stored into ``out``, read once and checked as ``prepare``
         checks the tar, and against the blob's digest where the image names it;
-        returns that digest."""
+        returns that digest. ``on_bytes`` hears of each block copied."""
 
         def opener() -> IO[bytes]:
-            return _Copied(self.open(), out)
+            return _Copied(self.open(), out, on_bytes)
 
-        read = read_layer(opener, self.compression, f"layer {self.diff_id}")
+        try:
+            read = read_layer(opener, self.compression, f"layer {self.diff_id}")
+        except _CopyFailed as failed:  # writing, not reading: a full disk, say
+            raise failed.error from None
         if self.digest is not None and read.digest != self.digest:
             raise NixlayerError(f"{self.source}: layer {self.digest} does not match its digest")
         self._check_read(read.diff_id, read.problems)
@@ -201,12 +204,22 @@ class BlobLayer:
             raise NixlayerError(f"{self.source}: layer {self.diff_id} does not match its diff_id")
 
 
-class _Copied(io.RawIOBase):
-    """A reader that writes what is read from it to ``out`` as well."""
+class _CopyFailed(Exception):
+    """A write of ``_Copied`` failed; not one of the read errors ``read_layer`` reports
+    as a damaged blob."""
 
-    def __init__(self, source: IO[bytes], out: IO[bytes]) -> None:
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class _Copied(io.RawIOBase):
+    """A reader that writes what is read from it to ``out`` as well, and says how much."""
+
+    def __init__(self, source: IO[bytes], out: IO[bytes], on_bytes: Callable[[int], None]):
         self._source = source
         self._out = out
+        self._on_bytes = on_bytes
 
     def readable(self) -> bool:
         return True
@@ -214,7 +227,11 @@ class _Copied(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         data = self._source.read(len(buffer))
         buffer[: len(data)] = data
-        self._out.write(data)
+        try:
+            self._out.write(data)
+        except OSError as error:
+            raise _CopyFailed(error) from error
+        self._on_bytes(len(data))
         return len(data)
 
     def close(self) -> None:

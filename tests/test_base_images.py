@@ -143,6 +143,30 @@ def test_plan_from_a_base_shows_the_layers_from_closure_adds(
     assert [layer["paths"] for layer in plan["layers"]] == _layer_paths(out)[base_layers:]
 
 
+def test_docker_media_types_of_a_base_become_oci_ones(
+    base_image: Path, top_closure: Path, fixture_store: FixtureStore, tools: Tools, tmp_path: Path
+) -> None:
+    """containerd exports OCI layouts whose manifests carry Docker media types: the
+    blobs are kept, under the OCI type of the same compression."""
+    skopeo_copy_to_oci(base_image, tmp_path / "base-oci", tag="b")
+    layout = tmp_path / "base-oci"
+    index = json.loads((layout / "index.json").read_text())
+    manifest = _oci_blob(layout, index["manifests"][0]["digest"])
+    data = json.loads(manifest.read_text())
+    for layer in data["layers"]:
+        layer["mediaType"] = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    manifest.write_text(json.dumps(data))
+    out = tmp_path / "top-oci"
+    _build_on(f"{layout}:b", top_closure, fixture_store, out, "--format", "oci", "--name", "t:1")
+    layers = read_oci_layout(out, "t:1").manifest["layers"]
+    assert [layer["digest"] for layer in layers[: len(data["layers"])]] == [
+        layer["digest"] for layer in data["layers"]
+    ]
+    assert {layer["mediaType"] for layer in layers} == {
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    }
+
+
 def test_a_base_nixlayer_did_not_write_gets_every_path(
     top_closure: Path, fixture_store: FixtureStore, tools: Tools, tmp_path: Path
 ) -> None:

@@ -774,6 +774,21 @@ def test_full_disk(mount_point: tuple[Path, Any], tmp_path: Path, image_format: 
     assert leftovers == [], leftovers
 
 
+def test_full_disk_while_a_base_layer_is_copied(
+    mount_point: tuple[Path, Any], tmp_path: Path
+) -> None:
+    """An OCI image copies a base's compressed layers as stored: a full disk then is
+    the folder's problem, not a damaged base."""
+    _, mount = mount_point
+    store = _small_store(tmp_path)
+    base = tmp_path / "base"
+    assert store.build(base, "--format", "oci", "--compress", "gzip").returncode == 0
+    folder = mount("size=1m")
+    result = store.build(folder / "image", "--format", "oci", "--from", base, "--no-cache")
+    _input_error(result, "-o ", str(folder), "No space left on device")
+    assert [str(p) for p in folder.rglob(".nixlayer-*")] == []
+
+
 @pytest.mark.parametrize("image_format", ["docker-archive", "oci", "oci-archive"])
 def test_read_only_folder(mount_point: tuple[Path, Any], tmp_path: Path, image_format: str) -> None:
     _, mount = mount_point

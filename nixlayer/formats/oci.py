@@ -182,16 +182,18 @@ def _make_layer_blob(
     return CachedLayer(diff_id, digest, blob_size, compression.media_type)
 
 
-def _kept_blob(layer: BlobLayer, folder: Path) -> tuple[CachedLayer, bool]:
+def _kept_blob(layer: BlobLayer, folder: Path, on_bytes: Progress) -> tuple[CachedLayer, bool]:
     """A base image's compressed layer, copied as it is stored, and whether it was there
     already: the new image keeps the base's digests, so that a registry or a machine
-    that has the base has these layers too. (Compressed anew, they would differ.)"""
+    that has the base has these layers too. (Compressed anew, they would differ.) A
+    Docker media type becomes the OCI one for the same bytes."""
+    media_type = Compression(str(layer.compression)).media_type
     if layer.digest is not None and _has_blob(folder, layer.digest, layer.blob_size):
-        return CachedLayer(layer.diff_id, layer.digest, layer.blob_size, layer.media_type), True
+        return CachedLayer(layer.diff_id, layer.digest, layer.blob_size, media_type), True
     with pending_file(folder / "blobs" / "sha256") as pending:
-        digest = layer.copy_stored(pending.file)
+        digest = layer.copy_stored(pending.file, on_bytes)
         pending.publish(_blob_path(folder, digest))
-    return CachedLayer(layer.diff_id, digest, layer.blob_size, layer.media_type), False
+    return CachedLayer(layer.diff_id, digest, layer.blob_size, media_type), False
 
 
 def _layer_blob(
@@ -204,7 +206,7 @@ def _layer_blob(
 ) -> tuple[CachedLayer, bool]:
     """The layer's blob in the folder, and whether it was there already."""
     if isinstance(layer, BlobLayer) and layer.compression is not None:
-        return _kept_blob(layer, folder)
+        return _kept_blob(layer, folder, on_bytes)
     identity = layer.identity(mtime)
     key = layer_key(identity, compression) if identity is not None else None
     cached = cache.get(key) if key else None
