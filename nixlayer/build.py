@@ -26,6 +26,7 @@ from nixlayer.image import (
     SourceImage,
     default_name,
     host_architecture,
+    image_store_paths,
     parse_architecture,
     parse_created,
     parse_name,
@@ -33,7 +34,7 @@ from nixlayer.image import (
     source_date_epoch,
     timestamp,
 )
-from nixlayer.layers import EntriesLayer, Layer, StoreLayer, image_store_paths, layer_store_paths
+from nixlayer.layers import EntriesLayer, Layer, StoreLayer, layer_store_paths
 from nixlayer.plan import Plan, PlanLayer, make_plan
 from nixlayer.readers import read_closure
 from nixlayer.runconfig import RunFlags, check_run_config, load_config_file, run_config

@@ -43,9 +43,8 @@ from nixlayer.formats import (
     read_image,
     write_image,
 )
-from nixlayer.image import ImageSpec
+from nixlayer.image import ImageSpec, image_store_paths
 from nixlayer.inspect import describe_image, format_description
-from nixlayer.layers import image_store_paths
 from nixlayer.measure import format_cost, push_cost
 from nixlayer.output import atomic_output
 from nixlayer.plan import human_size, make_plan, plan_table

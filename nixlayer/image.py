@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from nixlayer.errors import NixlayerError
-from nixlayer.layers import BlobLayer, Layer
+from nixlayer.layers import CREATED_BY, BlobLayer, Layer, layer_store_paths
 
 DEFAULT_MTIME = 1
 MAX_TIMESTAMP = 0o77777777777  # what a tar header's mtime field holds
@@ -180,12 +180,29 @@ def config_json(spec: ImageSpec, diff_ids: Sequence[str]) -> bytes:
 
 
 def layer_histories(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """The history entries that belong to layers (not ``empty_layer`` ones), padded
-    with empty entries where an image's history is shorter than its layers."""
-    history = [h for h in config.get("history") or () if isinstance(h, dict)]
-    owned = [h for h in history if not h.get("empty_layer")]
+    """The history entries that belong to layers, padded with empty entries where an
+    image's history is shorter than its layers."""
     count = len(config.get("rootfs", {}).get("diff_ids") or ())
-    return (owned + [{}] * count)[:count]
+    return (_owned_history(config) + [{}] * count)[:count]
+
+
+def _owned_history(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The history entries that belong to layers (not ``empty_layer`` ones); none where
+    the history is not a list (it is optional)."""
+    history = config.get("history")
+    entries = history if isinstance(history, list) else []
+    return [h for h in entries if isinstance(h, dict) and not h.get("empty_layer")]
+
+
+def image_store_paths(image: SourceImage) -> frozenset[str]:
+    """The store paths an image surely holds: those its nixlayer layers list, unless a
+    layer another tool wrote sits above them (it may delete files: a whiteout) or the
+    history does not pair up with the layers. Then none: nothing is left out."""
+    ours = [layer.history.get("created_by") == CREATED_BY for layer in image.layers]
+    lowest = ours.index(True) if True in ours else len(ours)
+    if len(_owned_history(image.config)) != len(image.layers) or not all(ours[lowest:]):
+        return frozenset()
+    return frozenset(p for layer in image.layers for p in layer_store_paths(layer.history))
 
 
 def content_tag(config: bytes) -> str:

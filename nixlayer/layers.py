@@ -14,15 +14,12 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, Any, Protocol
 
 from nixlayer.blobs import READ_ERRORS, decompressing, read_layer, reopenable
 from nixlayer.errors import NixlayerError
 from nixlayer.store import Entry, store_layer_entries
 from nixlayer.tarwriter import Emit, LayerLayout, lay_out, write_layer
-
-if TYPE_CHECKING:
-    from nixlayer.image import SourceImage
 
 CREATED_BY = "nixlayer"
 STORE_PATHS_PREFIX = "store paths: "
@@ -277,16 +274,3 @@ def layer_store_paths(history: dict[str, Any]) -> list[str]:
     if not comment.startswith(STORE_PATHS_PREFIX):
         return []
     return comment.removeprefix(STORE_PATHS_PREFIX).split()
-
-
-def image_store_paths(image: SourceImage) -> frozenset[str]:
-    """The store paths an image surely holds: those its nixlayer layers list, unless a
-    layer another tool wrote sits above them (it may delete files: a whiteout) or the
-    history does not pair up with the layers. Then none: nothing is left out."""
-    history = image.config.get("history") or []
-    entries = [h for h in history if isinstance(h, dict) and not h.get("empty_layer")]
-    ours = [layer.history.get("created_by") == CREATED_BY for layer in image.layers]
-    lowest = ours.index(True) if True in ours else len(ours)
-    if len(entries) != len(image.layers) or not all(ours[lowest:]):
-        return frozenset()
-    return frozenset(p for layer in image.layers for p in layer_store_paths(layer.history))

@@ -133,7 +133,8 @@ def check_run_config(config: Any, source: str) -> None:
         if value is not None and not json_strings(value):
             raise NixlayerError(f"{source}: {field} must be a list of strings")
     for field in _STRING_FIELDS:
-        if not isinstance(config.get(field, ""), str):
+        value = config.get(field)
+        if value is not None and not isinstance(value, str):
             raise NixlayerError(f"{source}: {field} must be a string")
     for field in _SET_FIELDS:
         value = config.get(field)

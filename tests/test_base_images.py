@@ -361,6 +361,20 @@ def test_a_docker_archive_with_a_malformed_config_is_one_error_line(tmp_path: Pa
     )
 
 
+def test_optional_metadata_of_the_wrong_type_is_ignored(tmp_path: Path) -> None:
+    """history and RepoTags are optional: where they are not lists, an image has none."""
+    layer = _tar([("etc/motd", b"hello\n")])
+    diff_id = f"sha256:{hashlib.sha256(layer).hexdigest()}"
+    config = {"architecture": "amd64", "os": "linux", "history": 5,
+              "rootfs": {"type": "layers", "diff_ids": [diff_id]}}  # fmt: skip
+    manifest = [{"Config": "config.json", "RepoTags": "x", "Layers": ["layer.tar"]}]
+    image = tmp_path / "image.tar"
+    image.write_bytes(_tar([("layer.tar", layer), ("config.json", json.dumps(config).encode()),
+                            ("manifest.json", json.dumps(manifest).encode())]))  # fmt: skip
+    described = json.loads(run_ok("inspect", image, "--json").stdout)
+    assert described["repo_tags"] == [] and described["layers"][0]["store_paths"] == []
+
+
 def test_inspect_reads_back_the_plan(
     base_image: Path, base_closure: Path, tools: Tools, tmp_path: Path
 ) -> None:

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from nixlayer.errors import NixlayerError
-from nixlayer.runconfig import RunFlags, load_config_file, parse_command, parse_port, run_config
+from nixlayer.runconfig import (
+    RunFlags,
+    check_run_config,
+    load_config_file,
+    parse_command,
+    parse_port,
+    run_config,
+)
 
 
 def test_commands_are_json_arrays_or_one_plain_argument() -> None:
@@ -68,7 +75,9 @@ def test_base_then_file_then_flags_with_env_merged_by_name() -> None:
 
 def test_null_fields_of_a_base_are_unset() -> None:
     """docker writes ``"Labels": null``; flags then add to nothing."""
-    base = {"Env": None, "Labels": None, "Volumes": None, "Cmd": ["sh"], "Entrypoint": None}
+    base = {"Env": None, "Labels": None, "Volumes": None, "Cmd": ["sh"], "Entrypoint": None,
+            "User": None}  # fmt: skip
+    check_run_config(base, "--from base.tar")
     flags = RunFlags(env=["A=1"], labels=["k=v"], volumes=["/data"])
     assert run_config(base, flags=flags) == {
         "Env": ["A=1"],

@@ -94,7 +94,8 @@ def read_docker_archive(files: ImageFiles) -> SourceImage:
         )
         for name, diff_id, history in zip(layer_names, diff_ids, histories, strict=True)
     )
-    tags = tuple(t for t in entry.get("RepoTags") or () if isinstance(t, str))
+    repo_tags = entry.get("RepoTags")
+    tags = tuple(t for t in repo_tags if isinstance(t, str)) if isinstance(repo_tags, list) else ()
     return SourceImage(files.source, config, layers, tags)
 
 
