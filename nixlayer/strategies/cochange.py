@@ -21,27 +21,29 @@ Given a price limit T, two passes make the layers:
    upgraded, the paths that do not use it keep their layers instead of travelling
    with their upgraded users: the largest paths (as many as half the budget), the
    hubs (paths that a tenth of the paths laid out use directly, such as glibc or
-   python; as many as a tenth of the budget) and the paths that reference nothing (data,
-   static binaries);
+   python; as many as a tenth of the budget) and the paths that reference nothing
+   in the closure (data, static binaries);
 2. beside: the groups nobody took, in order of c then name, are cut into runs. A
    cut follows group g when ``size(g) * c(g) / T + size(g) / cap``, with cap twice
    the image's bytes over the budget, exceeds a number in [0, 1) drawn from a hash
    of g's name-version: runs carry about T of that weight and about cap of bytes,
    heavy groups and hubs stand alone, and whether a cut follows g depends on g
    alone, so adding, dropping or rebuilding one group changes one run
-   (content-defined chunking, as in rsync or restic). As chunkers do, a run is not cut before it
-   carries a quarter of one expected cut's weight and is always cut before one and
-   a half: fewer tiny and huge runs, for a change that may move the cut after it.
-   A run also ends before a group that changes twice as often as its first or
-   more: the rarely changing would travel with it (so the paths that reference
-   nothing, c = 1, share runs only among themselves).
+   (content-defined chunking, as in rsync or restic). As chunkers do, a run is not
+   cut there before it carries a quarter of one expected cut's weight and is always
+   cut before one and a half: fewer tiny and huge runs, for a change that may move
+   the cut after it.
+   A run also ends before a group that changes more than twice as often as its
+   first: the rarely changing would travel with it. A run of groups that change
+   once (c = 1: they reference nothing laid out here) ends before any other.
 
 Roots never join or take in others. T is the smallest value of a fixed ladder
-(eight steps per doubling) whose layers fit the budget (where none does, because
-the budget is small, neighbouring runs are merged until they fit); a graph that differs a
+(eight steps per doubling) whose layers fit the budget; a graph that differs a
 little gets the same T and so the same layers, unless it crosses a step (then
-about a tenth of the runs move). Layers come in order of c, least first, the roots
-last, so that docker's layer chain breaks as high as possible.
+about a tenth of the runs move). Where no T fits a small budget, neighbouring runs
+merge until the layers fit (see ``_within_budget``). Layers come in order of c,
+least first, the roots last in name order, so that docker's layer chain breaks as
+high as possible.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from nixlayer.strategies.reach import Indexed, indexed, indexed_reach_sums, name
 
 _STEPS_PER_DOUBLING = 8
 _SHORTEST_RUN, _LONGEST_RUN = 0.25, 1.5  # in expected cuts: what a run carries at least, at most
-_RATE_SPAN = 2  # a run's change counts stay below this factor of its first group's
+_RATE_SPAN = 2  # a run's change counts stay within this factor of its first group's
 _HUB_SHARE = 10  # hubs: used by 1 / _HUB_SHARE of the paths, 1 / _HUB_SHARE of the budget
 
 
@@ -80,7 +82,7 @@ class _Graph:
     names: list[str]  # name-version
     chances: dict[int, float]
     cap: float  # bytes from which a group is always cut off
-    hubs: frozenset[int]  # paths a tenth of the closure uses directly: each stands alone
+    hubs: frozenset[int]  # see _hubs: each stands alone
 
     def chance(self, node: int) -> float:
         if node not in self.chances:
@@ -192,9 +194,9 @@ def _prepare(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> _Graph:
 def _hubs(
     ix: Indexed, candidates: list[int], keys: list[tuple[str, str]], budget: int
 ) -> list[int]:
-    """The paths that a tenth of the closure uses directly, the most used first, as many
-    as a tenth of the budget: each stands alone, and a small budget (the few layers
-    --previous leaves) must still hold the rest."""
+    """The paths that a tenth of the paths laid out use directly, the most used first,
+    as many as a tenth of the budget: each stands alone, and a small budget (the few
+    layers --previous leaves) must still hold the rest."""
     used = [n for n in candidates if len(ix.pred[n]) * _HUB_SHARE >= len(ix.nodes)]
     return heapq.nsmallest(budget // _HUB_SHARE, used, key=lambda n: (-len(ix.pred[n]), keys[n]))
 
@@ -253,7 +255,7 @@ def _within_budget(layers: list[list[int]], g: _Graph, budget: int) -> list[list
     """Node numbers to paths, bottom first. Where the rules above leave more layers than
     the budget (a small one, or many roots), the two neighbouring runs that hold the
     fewest bytes together become one, until the layers fit: the order by c stays,
-    and the roots keep layers of their own. Only where the roots alone outnumber the
+    and the roots keep layers of their own. Only where the roots alone fill the
     budget do the smallest layers share the top one."""
     runs, roots = len(layers) - len(g.roots), len(g.roots)
     merged = [(layer, sum(g.size[n] for n in layer)) for layer in layers[:runs]]
