@@ -80,12 +80,15 @@ def load_closure(source: ClosureInput, note: Callable[[str], None]) -> Closure:
     return closure
 
 
-def layer_budget(max_layers: int, base: SourceImage | None, customised: bool) -> int:
-    """What the strategy may use: ``--max-layers`` less the base's and ours on top."""
+def layer_budget(
+    max_layers: int, base: SourceImage | None, customised: bool, store: bool = True
+) -> int:
+    """What the strategy may use: ``--max-layers`` less the base's and ours on top. With
+    ``store`` False (the base holds every store path) the store needs none."""
     if max_layers < 1:
         raise NixlayerError(f"--max-layers {max_layers}: must be at least 1")
     taken = (len(base.layers) if base else 0) + customised
-    if max_layers - taken < 1:
+    if max_layers - taken < store:
         raise NixlayerError(
             f"--max-layers {max_layers}: the base image and customisation take {taken}, "
             "leaving none for the store"
@@ -140,8 +143,9 @@ def plan_image(
     was when it was built."""
     root_bytes = os.fsencode(store_root)
     entries = customisation_entries(customisation, closure, root_bytes)
-    budget = layer_budget(max_layers, base, bool(entries))
     provided = image_store_paths(base) if base else frozenset()
+    store = not closure.paths.keys() <= provided
+    budget = layer_budget(max_layers, base, bool(entries), store)
     before = (
         load_layering(previous.value, "--previous", previous.source, strategy, budget, provided)
         if previous

@@ -125,7 +125,7 @@ def make_plan(
     if strategy not in STRATEGIES:
         known = ", ".join(sorted(STRATEGIES))
         raise NixlayerError(f"--strategy {strategy}: unknown strategy (known: {known})")
-    if max_layers < 1:
+    if max_layers < 1 and not closure.paths.keys() <= provided:
         raise NixlayerError(f"--max-layers {max_layers}: must be at least 1")
     graph = build_graph(closure)
     roots = find_roots(graph, roots, closure.source)

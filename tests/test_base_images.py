@@ -401,7 +401,8 @@ def test_inspect_and_from_read_a_compressed_docker_archive(
 ) -> None:
     """A docker-archive compressed as a whole (``--compress`` on docker-archive), as
     ``verify`` reads it: ``inspect`` shows it, and ``--from`` builds on it. The base
-    holds the whole closure here, so the image gets no layer of its own."""
+    holds the whole closure here, so the image gets no layer of its own and fits in
+    as many layers as the base has."""
     base = tmp_path / f"base.tar.{compress}"
     run_ok(
         "from-closure", fixture_store.closure_file, "--store-root", fixture_store.root,
@@ -411,8 +412,8 @@ def test_inspect_and_from_read_a_compressed_docker_archive(
     assert described["repo_tags"] == ["docker.io/library/base:1"]
     assert described["config"]["Cmd"] == ["sh"]
     out = tmp_path / "top.tar"
-    _build_on(str(base), base_closure, fixture_store, out)
     base_ids = [layer["diff_id"] for layer in described["layers"]]
+    _build_on(str(base), base_closure, fixture_store, out, "--max-layers", str(len(base_ids)))
     config = read_docker_archive(out.read_bytes()).config
     assert config["rootfs"]["diff_ids"] == base_ids
     skopeo_copy_to_oci(out, tmp_path / "oci")
