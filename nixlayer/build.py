@@ -146,11 +146,7 @@ def plan_image(
     provided = image_store_paths(base) if base else frozenset()
     store = not closure.paths.keys() <= provided
     budget = layer_budget(max_layers, base, bool(entries), store)
-    before = (
-        load_layering(previous.value, "--previous", previous.source, strategy, budget, provided)
-        if previous
-        else None
-    )
+    before = last_plan(previous, strategy, budget, provided)
     plan = make_plan(closure, strategy, budget, roots, before, groups, provided)
     layers: list[Layer] = [
         StoreLayer(layer.paths, root_bytes, closure.store_dir, layer.nar_size)
@@ -211,6 +207,17 @@ def plan_from_image(image: SourceImage) -> Plan:
         )
     note = "sizes are the image's layer sizes shared out among their paths"
     return Plan(DEFAULT_STORE_DIR, "image", (), tuple(layers), (note,))
+
+
+def last_plan(
+    previous: LastBuild | None, strategy: str, max_layers: int, provided: frozenset[str]
+) -> Plan | None:
+    """``--previous`` as a plan; a closure is planned with this build's budget and base."""
+    if previous is None:
+        return None
+    return load_layering(
+        previous.value, "--previous", previous.source, strategy, max_layers, provided
+    )
 
 
 def load_layering(

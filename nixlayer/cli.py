@@ -19,6 +19,7 @@ from nixlayer.build import (
     LastBuild,
     image_run_config,
     image_settings,
+    last_plan,
     load_closure,
     load_groups,
     load_layering,
@@ -367,11 +368,8 @@ def plan_command(
         _plan_fleet(closures, closure_files, names, strategy, max_layers, quiet)
         return
     provided = image_store_paths(read_image(from_image, "--from")) if from_image else frozenset()
-    before = (
-        load_layering(previous, "--previous", sources[0], strategy, max_layers, provided)
-        if previous
-        else None
-    )
+    last_build = LastBuild(previous, sources[0]) if previous else None
+    before = last_plan(last_build, strategy, max_layers, provided)
     plan = make_plan(
         closures[0], strategy, max_layers, root or (), before, load_groups(group), provided
     )

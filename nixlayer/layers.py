@@ -269,8 +269,7 @@ class _Blob:
 def layer_store_paths(history: dict[str, Any]) -> list[str]:
     """The store paths a layer holds, if nixlayer wrote it; empty otherwise."""
     comment = history.get("comment")
-    if history.get("created_by") != CREATED_BY or not isinstance(comment, str):
-        return []
-    if not comment.startswith(STORE_PATHS_PREFIX):
+    ours = history.get("created_by") == CREATED_BY and isinstance(comment, str)
+    if not ours or not comment.startswith(STORE_PATHS_PREFIX):
         return []
     return comment.removeprefix(STORE_PATHS_PREFIX).split()

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from nixlayer.errors import NixlayerError
-from nixlayer.formats.files import ImageFiles, compression_of, json_object, json_strings
+from nixlayer.formats.files import ImageFiles, compression_of, json_strings, read_config
 from nixlayer.image import (
     ImageSpec,
     SourceImage,
@@ -71,10 +71,8 @@ def read_docker_archive(files: ImageFiles) -> SourceImage:
     if not isinstance(manifest, list) or not manifest or not isinstance(manifest[0], dict):
         raise NixlayerError(f"{files.source}: {MANIFEST} does not list an image")
     entry = manifest[0]
-    config = json_object(files.read_json(str(entry.get("Config"))), f"{files.source}: config")
+    config, diff_ids = read_config(files, str(entry.get("Config")))
     layer_names = entry.get("Layers")
-    rootfs = json_object(config.get("rootfs"), f"{files.source}: the config's rootfs")
-    diff_ids = rootfs.get("diff_ids")
     if not json_strings(layer_names) or not json_strings(diff_ids):
         raise NixlayerError(f"{files.source}: the manifest or config lists no layers")
     if len(layer_names) != len(diff_ids):

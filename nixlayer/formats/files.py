@@ -86,6 +86,14 @@ def json_object(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
+def read_config(files: ImageFiles, name: str) -> tuple[dict[str, Any], Any]:
+    """An image's config and what its rootfs gives as diff_ids (for the caller to check
+    against its layers)."""
+    config = json_object(files.read_json(name), f"{files.source}: config")
+    rootfs = json_object(config.get("rootfs"), f"{files.source}: the config's rootfs")
+    return config, rootfs.get("diff_ids")
+
+
 def json_strings(value: Any) -> bool:
     """Whether ``value`` is a JSON list of strings."""
     return isinstance(value, list) and all(isinstance(item, str) for item in value)

@@ -22,7 +22,7 @@ from nixlayer.cache import CachedLayer, LayerCache, layer_key
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
 from nixlayer.formats.docker_archive import MANIFEST
-from nixlayer.formats.files import ImageFiles, json_object, json_strings
+from nixlayer.formats.files import ImageFiles, json_object, json_strings, read_config
 from nixlayer.image import (
     ImageSpec,
     SourceImage,
@@ -81,11 +81,8 @@ def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
     where = f"{files.source}: the manifest"
     manifest = json_object(files.read_json(blob_name(str(descriptor.get("digest")))), where)
     config_digest = json_object(manifest.get("config"), f"{where}'s config").get("digest")
-    config = json_object(files.read_json(blob_name(str(config_digest))), f"{files.source}: config")
+    config, diff_ids = read_config(files, blob_name(str(config_digest)))
     layers = manifest.get("layers")
-    diff_ids = json_object(config.get("rootfs"), f"{files.source}: the config's rootfs").get(
-        "diff_ids"
-    )
     if not isinstance(layers, list) or not json_strings(diff_ids) or len(layers) != len(diff_ids):
         raise NixlayerError(f"{files.source}: the manifest's layers do not match the config's")
     layers = [json_object(layer, f"{where}'s layer") for layer in layers]
