@@ -21,6 +21,7 @@ from nixlayer.formats.oci import (
     write_oci_layout,
 )
 from nixlayer.image import ImageSpec, SourceImage
+from nixlayer.layers import LayerDone
 from nixlayer.output import STDOUT, atomic_output, in_nix_build, refuse_existing
 
 FORMATS = ("docker-archive", "oci", "oci-archive")
@@ -28,12 +29,16 @@ DEFAULT_COMPRESSION = {"docker-archive": "none", "oci": "gzip", "oci-archive": "
 
 
 def _path_and_ref(value: str) -> tuple[Path, str | None]:
-    """``PATH`` or ``PATH:REF`` (an image in an OCI layout), whichever exists."""
-    path = Path(value)
-    if not path.exists() and ":" in value:
-        head, _, ref = value.rpartition(":")
-        return Path(head), ref
-    return path, None
+    """``PATH``, or ``PATH:REF`` for one image of an OCI layout or oci-archive that
+    holds several. A ref has colons of its own (``app:v1``), and so may a path: the
+    first colon whose left part exists ends the path (as skopeo's ``oci:PATH:REF``
+    splits at the first colon), unless the whole value exists."""
+    if os.path.lexists(value):
+        return Path(value), None
+    for at, char in enumerate(value):
+        if char == ":" and at and os.path.lexists(value[:at]):
+            return Path(value[:at]), value[at + 1 :]
+    return Path(value), None
 
 
 def read_image(value: str, flag: str) -> SourceImage:
@@ -51,6 +56,8 @@ def read_image(value: str, flag: str) -> SourceImage:
     if files.has(INDEX) and files.has(LAYOUT):
         return read_oci(files, ref)
     if files.has(MANIFEST):
+        if ref is not None:
+            raise NixlayerError(f"{flag} {value}: a docker-archive; :REF names an OCI image")
         return read_docker_archive(files)
     raise NixlayerError(f"{flag} {value}: not a docker-archive or OCI image")
 
@@ -66,7 +73,7 @@ def write_image(
     compression: Compression,
     cache: LayerCache,
     on_bytes: Callable[[int], None] = lambda n: None,
-    on_layer: Callable[[], None] = lambda: None,
+    on_layer: LayerDone = lambda hint, counted: None,
     clobber: bool = True,
 ) -> str:
     """Write the image in ``image_format`` to ``output``; returns a line for people.

@@ -22,7 +22,7 @@ from nixlayer.image import (
     layer_histories,
     qualified_name,
 )
-from nixlayer.layers import BlobLayer
+from nixlayer.layers import BlobLayer, LayerDone
 from nixlayer.tarwriter import END_OF_ARCHIVE, file_header, padding
 
 MANIFEST = "manifest.json"
@@ -38,7 +38,7 @@ def write_docker_archive(
     spec: ImageSpec,
     out: BinaryIO,
     on_bytes: Callable[[int], None] = lambda n: None,
-    on_layer: Callable[[], None] = lambda: None,
+    on_layer: LayerDone = lambda hint, counted: None,
 ) -> str:
     """Write the image to ``out`` and return its ``NAME:TAG``."""
     mtime = spec.settings.mtime
@@ -51,7 +51,7 @@ def write_docker_archive(
         diff_ids.append(prepared.stream(out.write, on_bytes))
         out.write(padding(prepared.size))
         layer_names.append(name)
-        on_layer()
+        on_layer(layer.size_hint, prepared.size)
     config = config_json(spec, diff_ids)
     config_name = f"{hashlib.sha256(config).hexdigest()}.json"
     repo_tag = f"{spec.settings.name}:{spec.settings.tag or content_tag(config)}"

@@ -32,7 +32,7 @@ from nixlayer.image import (
     layer_histories,
     qualified_name,
 )
-from nixlayer.layers import BlobLayer, Layer
+from nixlayer.layers import BlobLayer, Layer, LayerDone
 from nixlayer.output import pending_file, scratch_folder
 from nixlayer.store import walk_tree
 from nixlayer.tarwriter import WRITER_THREAD, lay_out, write_layer
@@ -67,11 +67,14 @@ def _descriptor(files: ImageFiles, ref: str | None) -> dict[str, Any]:
         json_object(m.get("annotations", {}), f"{files.source}: a manifest's annotations")
         for m in manifests
     ]
-    for descriptor, names_of in zip(manifests, names, strict=True):
-        if ref in (names_of.get(REF_NAME), names_of.get(CONTAINERD_NAME)):
-            return descriptor
+    for key in (REF_NAME, CONTAINERD_NAME):  # skopeo's name first, then containerd's
+        for descriptor, names_of in zip(manifests, names, strict=True):
+            if ref is not None and names_of.get(key) == ref:
+                return descriptor
     known = ", ".join(sorted(str(a.get(REF_NAME)) for a in names))
-    raise NixlayerError(f"{files.source}: choose an image with PATH:REF (it holds: {known})")
+    if ref is None:
+        raise NixlayerError(f"{files.source}: choose an image with PATH:REF (it holds: {known})")
+    raise NixlayerError(f"{files.source}: no image named {ref} (it holds: {known})")
 
 
 def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
@@ -310,7 +313,7 @@ def write_oci_layout(
     compression: Compression,
     cache: LayerCache,
     on_bytes: Progress = lambda n: None,
-    on_layer: Callable[[], None] = lambda: None,
+    on_layer: LayerDone = lambda hint, counted: None,
 ) -> WrittenLayout:
     """Write the image into an OCI layout folder, reusing the blobs it already has.
 
@@ -333,7 +336,7 @@ def _write_layout(
     compression: Compression,
     cache: LayerCache,
     on_bytes: Progress,
-    on_layer: Callable[[], None],
+    on_layer: LayerDone,
 ) -> WrittenLayout:
     _start_layout(folder)
     mtime = spec.settings.mtime
@@ -347,8 +350,15 @@ def _write_layout(
         on_bytes(count)
 
     def one(layer: Layer) -> tuple[CachedLayer, bool]:
-        result = _layer_blob(layer, folder, mtime, compression, cache, progress)
-        on_layer()
+        counted = 0
+
+        def count(n: int) -> None:
+            nonlocal counted
+            progress(n)
+            counted += n
+
+        result = _layer_blob(layer, folder, mtime, compression, cache, count)
+        on_layer(layer.size_hint, counted)
         return result
 
     all_layers = spec.all_layers
@@ -404,7 +414,7 @@ def write_oci_archive(
     compression: Compression,
     scratch: Path,
     on_bytes: Progress = lambda n: None,
-    on_layer: Callable[[], None] = lambda: None,
+    on_layer: LayerDone = lambda hint, counted: None,
 ) -> WrittenLayout:
     """The OCI layout as one tar, with a docker ``manifest.json`` beside ``index.json``.
 
