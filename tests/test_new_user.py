@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consumers import FixtureStore, read_docker_archive, run_nixlayer, run_ok
+from consumers import REPO, FixtureStore, read_docker_archive, run_nixlayer, run_ok
 from test_hostile import _input_error
 
 from nixlayer import cli
@@ -47,7 +47,10 @@ def test_h_is_help(command: str) -> None:
 
 
 def test_version() -> None:
+    """One source: pyproject.toml's version, as installed."""
     result = run_ok("--version")
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert f'\nversion = "{version("nixlayer")}"\n' in pyproject
     assert result.stdout.decode() == f"nixlayer {version('nixlayer')}\n"
 
 
