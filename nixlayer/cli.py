@@ -281,6 +281,7 @@ def from_closure(
             cache,
             progress.update,
             progress.layer_done,
+            progress.sized,
             clobber=not o.no_clobber,
         )
     _note(f"wrote {summary}", o.quiet)
@@ -320,15 +321,18 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(count)
 
-    def layer_done(self, hint: int, counted: int) -> None:
-        """The total was the layers' size hints: a layer written puts its true size in
-        place of its hint, one there already moves the bar on by its hint."""
-        self.layers += 1
+    def sized(self, hint: int, size: int) -> None:
+        """The total is the layers' size hints: a layer about to be written puts its
+        true size in place of its hint, one in place already moves the bar by its hint."""
         if self.bar is not None:
-            if counted:
-                self.bar.total += counted - hint
+            if size:
+                self.bar.total += size - hint
             else:
                 self.bar.update(hint)
+
+    def layer_done(self) -> None:
+        self.layers += 1
+        if self.bar is not None:
             self.bar.set_postfix_str(f"{self.layers} layers")
 
     def __enter__(self) -> _Progress:

@@ -27,11 +27,11 @@ STORE_PATHS_PREFIX = "store paths: "
 _CHUNK = 1 << 20
 
 
-# Called once a layer is in the image: its ``size_hint``, and the bytes ``on_bytes`` was
-# told of for it: its tar, or its blob as stored; 0 when it was there already (a cache
-# or layout hit). A progress bar's total, the hints summed, is corrected by the
+# Told of each layer before its bytes: its ``size_hint``, and how many bytes ``on_bytes``
+# will hear of for it, its tar (known once prepared); 0 when it is in place already (a
+# cache or layout hit). A progress bar's total, the hints summed, is corrected by the
 # difference, so that bar and total count the same bytes and meet at the end.
-LayerDone = Callable[[int, int], None]
+LayerSized = Callable[[int, int], None]
 
 
 class PreparedLayer(Protocol):

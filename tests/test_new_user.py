@@ -216,20 +216,27 @@ class _Terminal(io.StringIO):
 
 
 @pytest.mark.parametrize("image_format", ["docker-archive", "oci"])
-def test_progress_bar_meets_its_total(
+def test_progress_bar_counts_what_its_total_counts(
     fixture_store: FixtureStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     image_format: str,
 ) -> None:  # fmt: skip
-    """The bar counts the bytes its total counts: it ends at its total, on a first
-    build and on one that reuses every layer."""
-    ends: list[tuple[Any, Any]] = []
-    close = cli._Progress.__exit__
+    """The bar never passes its total, and ends at it, on a first build and on one
+    that reuses every layer."""
+    seen: list[tuple[Any, Any]] = []
+    update, close = cli._Progress.update, cli._Progress.__exit__
+
+    def watched_update(progress: cli._Progress, count: int) -> None:
+        update(progress, count)
+        assert progress.bar is not None
+        seen.append((progress.bar.n, progress.bar.total))
 
     def record(progress: cli._Progress, *exc: object) -> None:
         assert progress.bar is not None
         ends.append((progress.bar.n, progress.bar.total))
         close(progress, *exc)
 
+    ends: list[tuple[Any, Any]] = []
+    monkeypatch.setattr(cli._Progress, "update", watched_update)
     monkeypatch.setattr(cli._Progress, "__exit__", record)
     monkeypatch.setattr("sys.stderr", _Terminal())
     argv = ["from-closure", str(fixture_store.closure_file), "--store-root",
@@ -238,4 +245,5 @@ def test_progress_bar_meets_its_total(
             "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     for _ in range(2):
         assert cli.app(argv, standalone_mode=False) in (None, 0)
+    assert seen and all(n <= total for n, total in seen), seen
     assert len(ends) == 2 and all(n == total > 0 for n, total in ends), ends

@@ -21,7 +21,7 @@ from nixlayer.formats.oci import (
     write_oci_layout,
 )
 from nixlayer.image import ImageSpec, SourceImage
-from nixlayer.layers import LayerDone
+from nixlayer.layers import LayerSized
 from nixlayer.output import STDOUT, atomic_output, in_nix_build, refuse_existing
 
 FORMATS = ("docker-archive", "oci", "oci-archive")
@@ -73,7 +73,8 @@ def write_image(
     compression: Compression,
     cache: LayerCache,
     on_bytes: Callable[[int], None] = lambda n: None,
-    on_layer: LayerDone = lambda hint, counted: None,
+    on_layer: Callable[[], None] = lambda: None,
+    on_size: LayerSized = lambda hint, size: None,
     clobber: bool = True,
 ) -> str:
     """Write the image in ``image_format`` to ``output``; returns a line for people.
@@ -89,17 +90,21 @@ def write_image(
             raise NixlayerError("-o -: --format oci writes a folder; use oci-archive to stream")
         if not clobber and os.path.lexists(os.path.join(output, INDEX)):
             raise refuse_existing(output)
-        written = write_oci_layout(spec, Path(output), compression, cache, on_bytes, on_layer)
+        written = write_oci_layout(
+            spec, Path(output), compression, cache, on_bytes, on_layer, on_size
+        )
         reused = sum(written.reused)
         return f"{written.ref} to {output} ({len(written.layers)} layers, {reused} reused)"
     with atomic_output(output, clobber=clobber) as out:
         if image_format == "oci-archive":
             beside = output != STDOUT and not in_nix_build()
             scratch = os.path.dirname(os.path.abspath(output)) if beside else tempfile.gettempdir()
-            layout = write_oci_archive(spec, out, compression, Path(scratch), on_bytes, on_layer)
+            layout = write_oci_archive(
+                spec, out, compression, Path(scratch), on_bytes, on_layer, on_size
+            )
             return f"{layout.ref} to {output} ({len(layout.layers)} layers)"
         stream = cast(BinaryIO, CompressedStream(out, compression)) if compression else out
-        ref = write_docker_archive(spec, stream, on_bytes, on_layer)
+        ref = write_docker_archive(spec, stream, on_bytes, on_layer, on_size)
         if isinstance(stream, CompressedStream):
             stream.finish()
     return f"{ref} to {output} ({len(spec.all_layers)} layers)"

@@ -22,7 +22,7 @@ from nixlayer.image import (
     layer_histories,
     qualified_name,
 )
-from nixlayer.layers import BlobLayer, LayerDone
+from nixlayer.layers import BlobLayer, LayerSized
 from nixlayer.tarwriter import END_OF_ARCHIVE, file_header, padding
 
 MANIFEST = "manifest.json"
@@ -38,7 +38,8 @@ def write_docker_archive(
     spec: ImageSpec,
     out: BinaryIO,
     on_bytes: Callable[[int], None] = lambda n: None,
-    on_layer: LayerDone = lambda hint, counted: None,
+    on_layer: Callable[[], None] = lambda: None,
+    on_size: LayerSized = lambda hint, size: None,
 ) -> str:
     """Write the image to ``out`` and return its ``NAME:TAG``."""
     mtime = spec.settings.mtime
@@ -46,12 +47,13 @@ def write_docker_archive(
     layer_names = []
     for index, layer in enumerate(spec.all_layers):
         prepared = layer.prepare(mtime)
+        on_size(layer.size_hint, prepared.size)
         name = layer_member_name(index)
         out.write(file_header(name.encode(), prepared.size, mtime))
         diff_ids.append(prepared.stream(out.write, on_bytes))
         out.write(padding(prepared.size))
         layer_names.append(name)
-        on_layer(layer.size_hint, prepared.size)
+        on_layer()
     config = config_json(spec, diff_ids)
     config_name = f"{hashlib.sha256(config).hexdigest()}.json"
     repo_tag = f"{spec.settings.name}:{spec.settings.tag or content_tag(config)}"
