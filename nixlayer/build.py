@@ -113,6 +113,10 @@ def image_settings(
     if identity.mtime is not None and not 0 <= identity.mtime <= MAX_TIMESTAMP:
         raise NixlayerError(f"--mtime {identity.mtime}: must be from 0 to {MAX_TIMESTAMP}")
     name, tag = parse_name(identity.name) if identity.name else (default_name(roots), None)
+    if identity.tag and tag not in (None, identity.tag):
+        raise NixlayerError(
+            f"--name {identity.name} and --tag {identity.tag}: two tags; give one of them"
+        )
     architecture, variant = _platform(identity.arch, base)
     return ImageSettings(
         name=name,
@@ -192,16 +196,18 @@ def load_groups(path: Path | None) -> list[list[str]]:
 def plan_from_image(image: SourceImage) -> Plan:
     """The layering an image nixlayer wrote, read back from its history comments.
 
-    Images do not record each path's NAR size; a layer's size is shared out evenly
-    among its paths, which keeps every layer's total right.
+    Every layer counts, as every layer is pushed: one that lists no store paths (the
+    customisation layer, a base image's) stands for itself by its diff_id, so that
+    ``diff`` sees it change; ``--previous`` keeps none of those, as they are not in
+    a closure. Images do not record each path's NAR size; a layer's size is shared
+    out evenly among its paths, which keeps every layer's total right.
     """
     layers = []
     for layer in image.layers:
-        paths = tuple(sorted(layer_store_paths(layer.history)))
-        if paths:
-            share, extra = divmod(layer.blob_size, len(paths))
-            layers.append(PlanLayer(paths, tuple(share + (i < extra) for i in range(len(paths)))))
-    if not layers:
+        paths = tuple(sorted(layer_store_paths(layer.history))) or (layer.diff_id,)
+        share, extra = divmod(layer.blob_size, len(paths))
+        layers.append(PlanLayer(paths, tuple(share + (i < extra) for i in range(len(paths)))))
+    if not any(layer_store_paths(layer.history) for layer in image.layers):
         raise NixlayerError(
             f"{image.source}: no layer lists its store paths (not built by nixlayer)"
         )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from typer.exceptions import TyperException as UsageProblem
 
+from nixlayer import version
 from nixlayer.build import (
     ClosureInput,
     Identity,
@@ -48,7 +49,7 @@ from nixlayer.image import ImageSpec, image_store_paths
 from nixlayer.inspect import describe_image, format_description
 from nixlayer.measure import format_cost, push_cost
 from nixlayer.output import atomic_output
-from nixlayer.plan import human_size, make_plan, plan_table
+from nixlayer.plan import human_size, make_plan, parse_size, plan_table
 from nixlayer.readers import INPUT_FORMATS
 from nixlayer.runconfig import RunFlags
 from nixlayer.settings import DEFAULT_KEY, load_attrs_settings
@@ -60,22 +61,38 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     add_completion=False,
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Turn a Nix closure into a layered, reproducible container image.",
 )
 
 _DEBUG = {"traceback": False}
 
 
-@app.callback()
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        print(f"nixlayer {version()}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
 def _options(
+    ctx: typer.Context,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show the traceback of an internal error.")
     ] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print nixlayer's version.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
 ) -> None:
     _DEBUG["traceback"] = debug
+    if ctx.invoked_subcommand is None:  # a usage error, so the help goes to stderr
+        print(ctx.get_help(), file=sys.stderr)
+        raise typer.Exit(2)
 
 
 ClosureArg = Annotated[
@@ -255,10 +272,7 @@ def from_closure(
         o.compress or DEFAULT_COMPRESSION.get(o.image_format, "none"), o.compress_level
     )
     cache = LayerCache(None if o.no_cache else o.cache_dir or default_cache_dir(dict(os.environ)))
-    total = sum(layer.nar_size for layer in plan.layers) + sum(
-        layer.blob_size for layer in (base.layers if base else ())
-    )
-    with _Progress(total, o.quiet) as progress:
+    with _Progress(sum(layer.size_hint for layer in spec.all_layers), o.quiet) as progress:
         summary = write_image(
             spec,
             o.image_format,
@@ -267,6 +281,7 @@ def from_closure(
             cache,
             progress.update,
             progress.layer_done,
+            progress.sized,
             clobber=not o.no_clobber,
         )
     _note(f"wrote {summary}", o.quiet)
@@ -305,6 +320,15 @@ class _Progress:
     def update(self, count: int) -> None:
         if self.bar is not None:
             self.bar.update(count)
+
+    def sized(self, hint: int, size: int) -> None:
+        """The total is the layers' size hints: a layer about to be written puts its
+        true size in place of its hint, one in place already moves the bar by its hint."""
+        if self.bar is not None:
+            if size:
+                self.bar.total += size - hint
+            else:
+                self.bar.update(hint)
 
     def layer_done(self) -> None:
         self.layers += 1
@@ -416,8 +440,11 @@ def diff_command(
     new: Annotated[str, typer.Argument(help="The new build: a plan JSON, closure or image.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     fail_over: Annotated[
-        int | None,
-        typer.Option(help="Exit 1 when more than this many bytes would be pushed.", min=0),
+        str | None,
+        _opt(
+            "Exit 1 when more would be pushed: bytes, or a size like 10M or 1.5 GiB "
+            "(K, M, G, KiB…: units of 1024, as the table prints them)."
+        ),
     ] = None,
     store_root: StoreRoot = Path("/"),
     max_layers: MaxLayers = 100,
@@ -427,13 +454,15 @@ def diff_command(
 
     Closures are planned here with --strategy and --max-layers.
     """
+    limit = parse_size(fail_over, "--fail-over") if fail_over is not None else None
     source = ClosureInput(Path(old), store_root=store_root)
     before = load_layering(old, "OLD", source, strategy, max_layers)
     after = load_layering(new, "NEW", source, strategy, max_layers)
     cost = push_cost(before.layer_sets(), after.layer_sets(), after.sizes())
     print(json.dumps(cost.to_json(), indent=2) if as_json else format_cost(cost))
-    if fail_over is not None and cost.pushed > fail_over:
-        _fail(f"--fail-over {fail_over}: the push would be {cost.pushed} bytes", 1)
+    if limit is not None and cost.pushed > limit:
+        pushed = f"{human_size(cost.pushed)} ({cost.pushed} bytes)"
+        _fail(f"--fail-over {fail_over}: the push would be {pushed}", 1)
 
 
 @app.command("inspect")

@@ -48,7 +48,7 @@ def format_description(description: dict[str, Any]) -> str:
     for index, layer in enumerate(description["layers"], 1):
         paths = layer["store_paths"]
         what = (
-            f"{len(paths)} store paths: "
+            f"{len(paths)} store path{'s' if len(paths) > 1 else ''}: "
             + " ".join(p.rsplit("/", 1)[-1] for p in paths[:3])
             + (" …" if len(paths) > 3 else "")
             if paths

@@ -16,14 +16,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
+from nixlayer import version
 from nixlayer.blobs import READ_ERRORS, decompressing, read_layer, reopenable
 from nixlayer.errors import NixlayerError
 from nixlayer.store import Entry, store_layer_entries
 from nixlayer.tarwriter import Emit, LayerLayout, lay_out, write_layer
 
-CREATED_BY = "nixlayer"
+CREATED_BY = "nixlayer"  # and the version, "nixlayer 0.1.0"; alone in older images
 STORE_PATHS_PREFIX = "store paths: "
 _CHUNK = 1 << 20
+
+
+# Told of each layer before its bytes: its ``size_hint``, and how many bytes ``on_bytes``
+# will hear of for it, its tar (known once prepared); 0 when it is in place already (a
+# cache or layout hit). A progress bar's total, the hints summed, is corrected by the
+# difference, so that bar and total count the same bytes and meet at the end.
+LayerSized = Callable[[int, int], None]
 
 
 class PreparedLayer(Protocol):
@@ -84,7 +92,7 @@ class StoreLayer:
 
     @property
     def history(self) -> dict[str, Any]:
-        return {"created_by": CREATED_BY, "comment": STORE_PATHS_PREFIX + " ".join(self.paths)}
+        return {"created_by": created_by(), "comment": STORE_PATHS_PREFIX + " ".join(self.paths)}
 
     def prepare(self, mtime: int) -> PreparedLayer:
         entries = store_layer_entries(self.store_root, self.store_dir, self.paths)
@@ -107,7 +115,7 @@ class EntriesLayer:
 
     @property
     def history(self) -> dict[str, Any]:
-        return {"created_by": CREATED_BY, "comment": self.comment}
+        return {"created_by": created_by(), "comment": self.comment}
 
     def prepare(self, mtime: int) -> PreparedLayer:
         return _Laid(lay_out(self.entries, mtime))
@@ -266,10 +274,22 @@ class _Blob:
         return digest.hexdigest()
 
 
+def created_by() -> str:
+    """A history entry's ``created_by``: nixlayer and its version, for bug reports (a
+    new version may write other bytes)."""
+    return f"{CREATED_BY} {version()}"
+
+
+def written_by_nixlayer(history: dict[str, Any]) -> bool:
+    """Whether nixlayer wrote the layer of this history entry, whatever its version."""
+    by = history.get("created_by")
+    return isinstance(by, str) and (by == CREATED_BY or by.startswith(f"{CREATED_BY} "))
+
+
 def layer_store_paths(history: dict[str, Any]) -> list[str]:
     """The store paths a layer holds, if nixlayer wrote it; empty otherwise."""
     comment = history.get("comment")
-    ours = history.get("created_by") == CREATED_BY and isinstance(comment, str)
+    ours = written_by_nixlayer(history) and isinstance(comment, str)
     if not ours or not comment.startswith(STORE_PATHS_PREFIX):
         return []
     return comment.removeprefix(STORE_PATHS_PREFIX).split()

@@ -1,7 +1,9 @@
 """What a new build costs to push, against the build before it.
 
 A layer's bytes depend on its set of store paths alone, so a layer of the new build
-whose exact set was a layer of the old one is the same blob and does not travel.
+whose exact set was a layer of the old one is the same blob and does not travel. A
+layer of an image that holds no store paths (the customisation layer, a base
+image's) is keyed by its diff_id instead: it travels too when it changed.
 Whatever the layering, the paths that are new must travel: that is the floor; the
 rest of what is pushed is the excess a layering adds.
 """
@@ -57,6 +59,7 @@ class PushCost:
         return 100.0 * (self.total - self.pushed) / self.total if self.total else 100.0
 
     def to_json(self) -> dict[str, Any]:
+        """Layers numbered from 1, bottom first, as the table and ``inspect`` number them."""
         return {
             "floor": self.floor,
             "pushed": self.pushed,
@@ -67,7 +70,7 @@ class PushCost:
             "total": self.total,
             "layers": [
                 {
-                    "index": change.index,
+                    "index": change.index + 1,
                     "status": change.status,
                     "size": change.size,
                     "paths": sorted(change.paths),
@@ -76,7 +79,7 @@ class PushCost:
                 }
                 for change in self.layers
             ],
-            "moved": [{"path": p, "from": old, "to": new} for p, old, new in self.moved],
+            "moved": [{"path": p, "from": old + 1, "to": new + 1} for p, old, new in self.moved],
         }
 
 
@@ -97,7 +100,8 @@ def _change(index: int, layer: frozenset[str], size: int, old: Layers) -> LayerC
 
 def push_cost(old: Layers, new: Layers, sizes: Mapping[str, int]) -> PushCost:
     """The cost of pushing ``new`` where ``old`` was pushed before; ``sizes`` holds the
-    NAR size of every path of ``new``. Cost: O(paths), and O(layers²) set
+    NAR size of every path of ``new`` (a layer without store paths: its diff_id, and
+    its blob's size). Cost: O(paths), and O(layers²) set
     intersections to name the old layer each changed one came from."""
     old_paths = {path for layer in old for path in layer}
     old_layer_of = _layer_of(old)
@@ -128,11 +132,17 @@ def push_cost(old: Layers, new: Layers, sizes: Mapping[str, int]) -> PushCost:
     )
 
 
+def _label(key: str) -> str:
+    """A store path's base name; a layer without store paths is keyed by its diff_id,
+    shortened as ``inspect`` shortens digests."""
+    return key.rsplit("/", 1)[-1] if "/" in key else key[:19]
+
+
 def format_cost(cost: PushCost, moved_shown: int = 20) -> str:
     """A table for people: one row a layer of the new build, then the totals."""
     rows = [f"{'layer':>5}  {'status':<8}  {'size':>10}  {'paths':>5}  what"]
     for change in cost.layers:
-        first = min(change.paths).rsplit("/", 1)[-1] if change.paths else "-"
+        first = _label(min(change.paths)) if change.paths else "-"
         what = first if len(change.paths) == 1 else f"{first} and {len(change.paths) - 1} more"
         if change.status == "changed":
             what += f" (+{len(change.came)} -{len(change.went)} paths)"
@@ -141,7 +151,7 @@ def format_cost(cost: PushCost, moved_shown: int = 20) -> str:
             f"{len(change.paths):>5}  {what}"
         )
     for path, old, new in cost.moved[:moved_shown]:
-        rows.append(f"moved: {path.rsplit('/', 1)[-1]} from layer {old + 1} to layer {new + 1}")
+        rows.append(f"moved: {_label(path)} from layer {old + 1} to layer {new + 1}")
     if len(cost.moved) > moved_shown:
         rows.append(f"moved: … and {len(cost.moved) - moved_shown} more paths")
     ratio = f"{cost.ratio:.2f}x the floor" if cost.ratio is not None else "nothing new"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate the fake Nix stores the two reference images are built from.
+"""Generate the fake Nix stores the three reference images are built from.
 
 The reference images are the ones people actually ship, built with nothing but
 nixlayer's CLI (see ``scripts/build_reference_images.sh``):

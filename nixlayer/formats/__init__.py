@@ -21,6 +21,7 @@ from nixlayer.formats.oci import (
     write_oci_layout,
 )
 from nixlayer.image import ImageSpec, SourceImage
+from nixlayer.layers import LayerSized
 from nixlayer.output import STDOUT, atomic_output, in_nix_build, refuse_existing
 
 FORMATS = ("docker-archive", "oci", "oci-archive")
@@ -28,12 +29,16 @@ DEFAULT_COMPRESSION = {"docker-archive": "none", "oci": "gzip", "oci-archive": "
 
 
 def _path_and_ref(value: str) -> tuple[Path, str | None]:
-    """``PATH`` or ``PATH:REF`` (an image in an OCI layout), whichever exists."""
-    path = Path(value)
-    if not path.exists() and ":" in value:
-        head, _, ref = value.rpartition(":")
-        return Path(head), ref
-    return path, None
+    """``PATH``, or ``PATH:REF`` for one image of an OCI layout or oci-archive that
+    holds several. A ref has colons of its own (``app:v1``), and so may a path: the
+    first colon whose left part exists ends the path (as skopeo's ``oci:PATH:REF``
+    splits at the first colon), unless the whole value exists."""
+    if os.path.lexists(value):
+        return Path(value), None
+    for at, char in enumerate(value):
+        if char == ":" and at and os.path.lexists(value[:at]):
+            return Path(value[:at]), value[at + 1 :]
+    return Path(value), None
 
 
 def read_image(value: str, flag: str) -> SourceImage:
@@ -51,6 +56,8 @@ def read_image(value: str, flag: str) -> SourceImage:
     if files.has(INDEX) and files.has(LAYOUT):
         return read_oci(files, ref)
     if files.has(MANIFEST):
+        if ref is not None:
+            raise NixlayerError(f"{flag} {value}: a docker-archive; :REF names an OCI image")
         return read_docker_archive(files)
     raise NixlayerError(f"{flag} {value}: not a docker-archive or OCI image")
 
@@ -67,6 +74,7 @@ def write_image(
     cache: LayerCache,
     on_bytes: Callable[[int], None] = lambda n: None,
     on_layer: Callable[[], None] = lambda: None,
+    on_size: LayerSized = lambda hint, size: None,
     clobber: bool = True,
 ) -> str:
     """Write the image in ``image_format`` to ``output``; returns a line for people.
@@ -82,17 +90,21 @@ def write_image(
             raise NixlayerError("-o -: --format oci writes a folder; use oci-archive to stream")
         if not clobber and os.path.lexists(os.path.join(output, INDEX)):
             raise refuse_existing(output)
-        written = write_oci_layout(spec, Path(output), compression, cache, on_bytes, on_layer)
+        written = write_oci_layout(
+            spec, Path(output), compression, cache, on_bytes, on_layer, on_size
+        )
         reused = sum(written.reused)
         return f"{written.ref} to {output} ({len(written.layers)} layers, {reused} reused)"
     with atomic_output(output, clobber=clobber) as out:
         if image_format == "oci-archive":
             beside = output != STDOUT and not in_nix_build()
             scratch = os.path.dirname(os.path.abspath(output)) if beside else tempfile.gettempdir()
-            layout = write_oci_archive(spec, out, compression, Path(scratch), on_bytes, on_layer)
+            layout = write_oci_archive(
+                spec, out, compression, Path(scratch), on_bytes, on_layer, on_size
+            )
             return f"{layout.ref} to {output} ({len(layout.layers)} layers)"
         stream = cast(BinaryIO, CompressedStream(out, compression)) if compression else out
-        ref = write_docker_archive(spec, stream, on_bytes, on_layer)
+        ref = write_docker_archive(spec, stream, on_bytes, on_layer, on_size)
         if isinstance(stream, CompressedStream):
             stream.finish()
     return f"{ref} to {output} ({len(spec.all_layers)} layers)"

@@ -22,7 +22,7 @@ from nixlayer.image import (
     layer_histories,
     qualified_name,
 )
-from nixlayer.layers import BlobLayer
+from nixlayer.layers import BlobLayer, LayerSized
 from nixlayer.tarwriter import END_OF_ARCHIVE, file_header, padding
 
 MANIFEST = "manifest.json"
@@ -39,6 +39,7 @@ def write_docker_archive(
     out: BinaryIO,
     on_bytes: Callable[[int], None] = lambda n: None,
     on_layer: Callable[[], None] = lambda: None,
+    on_size: LayerSized = lambda hint, size: None,
 ) -> str:
     """Write the image to ``out`` and return its ``NAME:TAG``."""
     mtime = spec.settings.mtime
@@ -46,6 +47,7 @@ def write_docker_archive(
     layer_names = []
     for index, layer in enumerate(spec.all_layers):
         prepared = layer.prepare(mtime)
+        on_size(layer.size_hint, prepared.size)
         name = layer_member_name(index)
         out.write(file_header(name.encode(), prepared.size, mtime))
         diff_ids.append(prepared.stream(out.write, on_bytes))

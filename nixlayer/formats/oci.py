@@ -32,7 +32,7 @@ from nixlayer.image import (
     layer_histories,
     qualified_name,
 )
-from nixlayer.layers import BlobLayer, Layer
+from nixlayer.layers import BlobLayer, Layer, LayerSized
 from nixlayer.output import pending_file, scratch_folder
 from nixlayer.store import walk_tree
 from nixlayer.tarwriter import WRITER_THREAD, lay_out, write_layer
@@ -67,11 +67,14 @@ def _descriptor(files: ImageFiles, ref: str | None) -> dict[str, Any]:
         json_object(m.get("annotations", {}), f"{files.source}: a manifest's annotations")
         for m in manifests
     ]
-    for descriptor, names_of in zip(manifests, names, strict=True):
-        if ref in (names_of.get(REF_NAME), names_of.get(CONTAINERD_NAME)):
-            return descriptor
+    for key in (REF_NAME, CONTAINERD_NAME):  # skopeo's name first, then containerd's
+        for descriptor, names_of in zip(manifests, names, strict=True):
+            if ref is not None and names_of.get(key) == ref:
+                return descriptor
     known = ", ".join(sorted(str(a.get(REF_NAME)) for a in names))
-    raise NixlayerError(f"{files.source}: choose an image with PATH:REF (it holds: {known})")
+    if ref is None:
+        raise NixlayerError(f"{files.source}: choose an image with PATH:REF (it holds: {known})")
+    raise NixlayerError(f"{files.source}: no image named {ref} (it holds: {known})")
 
 
 def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
@@ -146,11 +149,17 @@ def _put_blob(folder: Path, data: bytes) -> str:
 
 
 def _make_layer_blob(
-    layer: Layer, folder: Path, mtime: int, compression: Compression, on_bytes: Progress
+    layer: Layer,
+    folder: Path,
+    mtime: int,
+    compression: Compression,
+    on_bytes: Progress,
+    on_size: LayerSized,
 ) -> CachedLayer:
     """Stream the layer once: hashed uncompressed (diff_id), compressed, hashed again
     (digest) and written under a temporary name, renamed to its digest at the end."""
     prepared = layer.prepare(mtime)
+    on_size(layer.size_hint, prepared.size)
     compressor = compression.compressor() if compression else None
     blob_digest = hashlib.sha256()
     blob_size = 0
@@ -200,8 +209,10 @@ def _layer_blob(
     compression: Compression,
     cache: LayerCache,
     on_bytes: Progress,
+    on_size: LayerSized,
 ) -> tuple[CachedLayer, bool]:
-    """The layer's blob in the folder, and whether it was there already."""
+    """The layer's blob in the folder, and whether it was there already. A base's
+    blob kept as stored counts its ``blob_size``, its size hint: no ``on_size``."""
     if isinstance(layer, BlobLayer) and layer.compression is not None:
         return _kept_blob(layer, folder, on_bytes)
     identity = layer.identity(mtime)
@@ -209,7 +220,7 @@ def _layer_blob(
     cached = cache.get(key) if key else None
     if cached and _has_blob(folder, cached.digest, cached.blob_size):
         return cached, True
-    made = _make_layer_blob(layer, folder, mtime, compression, on_bytes)
+    made = _make_layer_blob(layer, folder, mtime, compression, on_bytes, on_size)
     if key:
         cache.put(key, made)
     return made, False
@@ -311,6 +322,7 @@ def write_oci_layout(
     cache: LayerCache,
     on_bytes: Progress = lambda n: None,
     on_layer: Callable[[], None] = lambda: None,
+    on_size: LayerSized = lambda hint, size: None,
 ) -> WrittenLayout:
     """Write the image into an OCI layout folder, reusing the blobs it already has.
 
@@ -321,7 +333,7 @@ def write_oci_layout(
     """
     created = _created_by_us(folder)
     try:
-        return _write_layout(spec, folder, compression, cache, on_bytes, on_layer)
+        return _write_layout(spec, folder, compression, cache, on_bytes, on_layer, on_size)
     except BaseException:
         _remove(created)
         raise
@@ -334,6 +346,7 @@ def _write_layout(
     cache: LayerCache,
     on_bytes: Progress,
     on_layer: Callable[[], None],
+    on_size: LayerSized,
 ) -> WrittenLayout:
     _start_layout(folder)
     mtime = spec.settings.mtime
@@ -347,7 +360,9 @@ def _write_layout(
         on_bytes(count)
 
     def one(layer: Layer) -> tuple[CachedLayer, bool]:
-        result = _layer_blob(layer, folder, mtime, compression, cache, progress)
+        result = _layer_blob(layer, folder, mtime, compression, cache, progress, on_size)
+        if result[1]:  # in place already: none of its bytes are counted
+            on_size(layer.size_hint, 0)
         on_layer()
         return result
 
@@ -405,6 +420,7 @@ def write_oci_archive(
     scratch: Path,
     on_bytes: Progress = lambda n: None,
     on_layer: Callable[[], None] = lambda: None,
+    on_size: LayerSized = lambda hint, size: None,
 ) -> WrittenLayout:
     """The OCI layout as one tar, with a docker ``manifest.json`` beside ``index.json``.
 
@@ -413,7 +429,9 @@ def write_oci_archive(
     """
     with scratch_folder(scratch) as temporary:
         folder = Path(temporary, "layout")
-        layout = write_oci_layout(spec, folder, compression, LayerCache(None), on_bytes, on_layer)
+        layout = write_oci_layout(
+            spec, folder, compression, LayerCache(None), on_bytes, on_layer, on_size
+        )
         (folder / MANIFEST).write_bytes(docker_manifest(layout))
         entries = [entry for entry in walk_tree(os.fsencode(folder), b"") if entry.name]
         write_layer(lay_out(entries, spec.settings.mtime), out.write)
