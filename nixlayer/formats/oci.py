@@ -7,6 +7,7 @@ image manifests, whose layers carry their own media types and compressed digests
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Any, BinaryIO
 
 from nixlayer.cache import CachedLayer, LayerCache, layer_key
 from nixlayer.compression import Compression
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, missing_folder, reason, show_path, what_is
 from nixlayer.formats.docker_archive import MANIFEST
 from nixlayer.formats.files import ImageFiles, json_object, json_strings, read_config
 from nixlayer.image import (
@@ -242,13 +243,16 @@ def _remove(paths: list[Path]) -> None:
 def _start_layout(folder: Path) -> None:
     """A new layout, or one that is there already; never a folder with other things."""
     if folder.exists() and not folder.is_dir():
-        raise NixlayerError(f"-o {folder}: is a file; --format oci writes a folder")
+        raise NixlayerError(
+            f"-o {show_path(folder)}: {what_is(folder)}; --format oci writes a folder"
+        )
     if folder.is_dir() and any(folder.iterdir()) and not (folder / LAYOUT).is_file():
-        raise NixlayerError(f"-o {folder}: a folder that is not an OCI image layout")
+        raise NixlayerError(f"-o {show_path(folder)}: a folder that is not an OCI image layout")
     try:
         (folder / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise NixlayerError(f"-o {folder}: cannot create it: {error.strerror}") from None
+        why = missing_folder(folder) if error.errno == errno.ENOTDIR else error.strerror
+        raise NixlayerError(f"-o {show_path(folder)}: cannot create it: {why}") from None
     _existing_manifests(folder)  # a layout the image cannot be added to fails now
     if not (folder / LAYOUT).is_file():
         with pending_file(folder) as pending:
@@ -271,8 +275,10 @@ def _existing_manifests(folder: Path) -> list[dict[str, Any]]:
     try:
         index = json.loads(path.read_bytes())
     except (OSError, ValueError) as error:
-        raise NixlayerError(f"-o {folder}: cannot read {INDEX}: {error}") from None
-    return _manifests(index, f"-o {folder}: {INDEX}")
+        raise NixlayerError(
+            f"-o {show_path(folder)}: cannot read {INDEX}: {reason(error)}"
+        ) from None
+    return _manifests(index, f"-o {show_path(folder)}: {INDEX}")
 
 
 def _manifests(index: Any, where: str) -> list[dict[str, Any]]:
