@@ -105,9 +105,7 @@ def _platform(arch: str | None, base: SourceImage | None) -> tuple[str, str | No
         return parse_architecture(arch or host_architecture())
     base_platform = (base.config.get("architecture"), base.config.get("variant"))
     if arch is not None and parse_architecture(arch) != base_platform:
-        raise NixlayerError(
-            f"--arch {arch}: the base image {show_path(base.source)} is {base_platform[0]}"
-        )
+        raise NixlayerError(f"--arch {arch}: the base image {base.source} is {base_platform[0]}")
     return str(base_platform[0]), base_platform[1]
 
 
@@ -174,7 +172,7 @@ def image_run_config(
     base_config: dict[str, Any] = {}
     if base is not None:
         base_config = base.config.get("config") or {}
-        check_run_config(base_config, f"--from {show_path(base.source)}")
+        check_run_config(base_config, f"--from {base.source}")
     file_config = load_config_file(config_file) if config_file else {}
     return run_config(base_config, file_config, inline or {}, flags=flags)
 
@@ -212,7 +210,7 @@ def plan_from_image(image: SourceImage) -> Plan:
             layers.append(PlanLayer(paths, tuple(share + (i < extra) for i in range(len(paths)))))
     if not layers:
         raise NixlayerError(
-            f"{show_path(image.source)}: no layer lists its store paths (not built by nixlayer)"
+            f"{image.source}: no layer lists its store paths (not built by nixlayer)"
         )
     note = "sizes are the image's layer sizes shared out among their paths"
     return Plan(DEFAULT_STORE_DIR, "image", (), tuple(layers), (note,))

@@ -3,6 +3,7 @@ paths: every message is one line, however odd the names in it."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import stat
 
@@ -88,7 +89,10 @@ def missing_folder(folder: str | os.PathLike[str]) -> str:
 
 def reason(error: Exception) -> str:
     """Why an operation failed, in words, for a message that names the file already:
-    an ``OSError``'s ``strerror`` (not "[Errno 2] No such file or directory: 'x'")."""
+    an ``OSError``'s ``strerror`` (not "[Errno 2] No such file or directory: 'x'"),
+    and no bytes literal (gzip says "Not a gzipped file (b'...')")."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    return str(error) or type(error).__name__
+    if isinstance(error, gzip.BadGzipFile):
+        return "not a gzip stream"
+    return one_line(str(error)) or type(error).__name__

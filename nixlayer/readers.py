@@ -100,7 +100,7 @@ def _check_options(input_format: str | None, attrs_key: str | None) -> str | Non
         return input_format
     if input_format not in (None, "attrs"):
         raise NixlayerError(
-            f"--attrs-key {attrs_key}: applies only to the attrs input format, not {input_format}"
+            f"--attrs-key applies only to the attrs input format, not {input_format}"
         )
     return "attrs"
 
@@ -343,9 +343,9 @@ def _store_dir_field(fields: _JsonObject, where: str, source: str) -> str | None
     store_dir = fields.get("storeDir")
     if store_dir is None:
         return None
-    problem = _store_dir_problem(store_dir) if isinstance(store_dir, str) else "not a string"
+    problem = _store_dir_problem(store_dir) if isinstance(store_dir, str) else _NOT_ABSOLUTE
     if problem:
-        raise NixlayerError(f'{source}: {where} has "storeDir" {_show(store_dir)}: {problem}')
+        raise NixlayerError(f'{source}: {where} has "storeDir" {_show(store_dir)}, {problem}')
     return _normalise_store_dir(store_dir)
 
 
@@ -372,13 +372,16 @@ def _settle_store_dir(declared: list[tuple[str, str]], requested: str | None, so
     return file_dir
 
 
+_NOT_ABSOLUTE = "not an absolute directory (it must start with /)"
+
+
 def _store_dir_problem(store_dir: str) -> str | None:
     """What makes ``store_dir`` unfit, in words; None if it is fit: absolute, below
     ``/``, with no ``.``, ``..`` or empty part and no NUL. Every name in a layer starts
     with the store directory, so it must not climb out."""
     parts = store_dir.rstrip("/").split("/")[1:]
     if not store_dir.startswith("/"):
-        return "not an absolute directory (it must start with /)"
+        return _NOT_ABSOLUTE
     if "\0" in store_dir:
         return "holds a NUL character"
     if not parts:

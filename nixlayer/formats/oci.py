@@ -33,6 +33,7 @@ from nixlayer.image import (
     layer_histories,
     qualified_name,
 )
+from nixlayer.jsonstream import show_json
 from nixlayer.layers import BlobLayer, Layer
 from nixlayer.output import pending_file, scratch_folder
 from nixlayer.store import walk_tree
@@ -50,10 +51,11 @@ INDEX_TYPES = (
 )
 
 
-def blob_name(digest: str) -> str:
+def blob_name(digest: str, source: str = "nixlayer") -> str:
+    """The blob a digest names; ``source`` is the image whose metadata gave it."""
     algorithm, _, hex_digest = digest.partition(":")
     if algorithm != "sha256" or len(hex_digest) != 64 or not hex_digest.isalnum():
-        raise NixlayerError(f"unsupported digest {digest!r}")
+        raise NixlayerError(f"{source}: unsupported digest {show_json(digest)}")
     return f"blobs/sha256/{hex_digest}"
 
 
@@ -80,9 +82,10 @@ def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
     if descriptor.get("mediaType") in INDEX_TYPES:
         raise NixlayerError(f"{files.source}: a multi-platform index is not supported here")
     where = f"{files.source}: the manifest"
-    manifest = json_object(files.read_json(blob_name(str(descriptor.get("digest")))), where)
+    digest = str(descriptor.get("digest"))
+    manifest = json_object(files.read_json(blob_name(digest, files.source)), where)
     config_digest = json_object(manifest.get("config"), f"{where}'s config").get("digest")
-    config, diff_ids = read_config(files, blob_name(str(config_digest)))
+    config, diff_ids = read_config(files, blob_name(str(config_digest), files.source))
     layers = manifest.get("layers")
     if not isinstance(layers, list) or not json_strings(diff_ids) or len(layers) != len(diff_ids):
         raise NixlayerError(f"{files.source}: the manifest's layers do not match the config's")
@@ -92,8 +95,8 @@ def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
             diff_id=diff_id,
             digest=str(layer.get("digest")),
             media_type=str(layer.get("mediaType", "")),
-            open=files.opener(blob_name(str(layer.get("digest")))),
-            blob_size=files.size(blob_name(str(layer.get("digest")))),
+            open=files.opener(blob_name(str(layer.get("digest")), files.source)),
+            blob_size=files.size(blob_name(str(layer.get("digest")), files.source)),
             history=history,
             source=files.source,
         )
