@@ -352,8 +352,9 @@ class _Progress:
     def __enter__(self) -> _Progress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         if self.bar is not None:
+            self.bar.leave = kind is None  # a failed run leaves its error line alone
             self.bar.close()
 
 

@@ -72,9 +72,10 @@ class Customisation:
         return bool(self.contents or self.adds or self.directories or self.symlinks)
 
 
-_ADD = re.compile(r"(?P<source>.+):(?P<dest>/[^:]*)(?::(?P<mode>[0-7]{3,4}))?")
+# DOTALL: a newline is as good a character of a file name as any.
+_ADD = re.compile(r"(?P<source>.+):(?P<dest>/[^:]*)(?::(?P<mode>[0-7]{3,4}))?", re.DOTALL)
 _MKDIR = re.compile(r"(?P<dest>/[^:]*)(?::(?P<mode>[0-7]{3,4})(?::(?P<uid>\d+):(?P<gid>\d+))?)?")
-_SYMLINK = re.compile(r"(?P<dest>/[^:]*):(?P<target>.+)")
+_SYMLINK = re.compile(r"(?P<dest>/[^:]*):(?P<target>.+)", re.DOTALL)
 
 
 def _match(pattern: re.Pattern[str], value: str, flag: str, form: str) -> re.Match[str]:

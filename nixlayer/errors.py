@@ -75,16 +75,22 @@ def what_is(path: str | bytes | os.PathLike[str]) -> str:
 
 
 def missing_folder(folder: str | os.PathLike[str]) -> str:
-    """Why ``folder``, which is not a folder, is not: it does not exist, or the nearest
-    of its parents that exists is no folder (``-o file/out.tar`` when ``file`` is a
-    file: "does not exist" would send the user looking for the wrong thing)."""
+    """Why ``folder``, which is not a folder, is not: it does not exist, the nearest of
+    its parents that exists is no folder (``-o file/out.tar`` when ``file`` is a file:
+    "does not exist" would send the user looking for the wrong thing), or the way to it
+    cannot be followed (a name too long, a folder that may not be searched)."""
     parent = os.path.abspath(folder)
-    while not os.path.lexists(parent) and parent != os.path.dirname(parent):
-        parent = os.path.dirname(parent)
-    kind = what_is(parent)
-    if kind in ("a folder", "nothing"):
+    while True:
+        try:
+            mode = os.stat(parent).st_mode
+            break
+        except (FileNotFoundError, NotADirectoryError):
+            parent = os.path.dirname(parent)  # "/" always exists: the loop ends
+        except OSError as error:
+            return f"{show_path(parent)}: {error.strerror}"
+    if stat.S_ISDIR(mode):
         return f"the folder {show_path(folder)} does not exist"
-    return f"{show_path(parent)} is {kind}, not a folder"
+    return f"{show_path(parent)} is {kind_of(mode)}, not a folder"
 
 
 def reason(error: Exception) -> str:
