@@ -36,7 +36,7 @@ from nixlayer.customisation import (
     parse_mkdir,
     parse_symlink,
 )
-from nixlayer.errors import NixlayerError, one_line, show_path
+from nixlayer.errors import NixlayerError, one_line, reason, show_path
 from nixlayer.fleet import plan_fleet
 from nixlayer.formats import (
     DEFAULT_COMPRESSION,
@@ -579,8 +579,7 @@ def main() -> None:
     except BrokenPipeError:
         sys.exit(1)
     except OSError as e:  # where no caller could name the file better
-        reason = e.strerror or str(e)
-        _fail(f"{show_path(e.filename)}: {reason}" if e.filename else reason, 2)
+        _fail(f"{show_path(e.filename)}: {reason(e)}" if e.filename else reason(e), 2)
     except Exception as e:  # a bug in nixlayer, not a problem with the input
         if _DEBUG["traceback"]:
             raise
