@@ -51,7 +51,7 @@ INDEX_TYPES = (
 )
 
 
-def blob_name(digest: str, source: str = "nixlayer") -> str:
+def blob_name(digest: str, source: str = "the image") -> str:
     """The blob a digest names; ``source`` is the image whose metadata gave it."""
     algorithm, _, hex_digest = digest.partition(":")
     if algorithm != "sha256" or len(hex_digest) != 64 or not hex_digest.isalnum():
