@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import os
 import tarfile
 import zlib
 from collections.abc import Callable
@@ -19,6 +18,8 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from nixlayer.errors import reason, show_path
 
 Opener = Callable[[], IO[bytes]]
 
@@ -114,7 +115,8 @@ def read_layer(opener: Opener, compression: str | None, label: str) -> BlobRead:
             end = _check_members(tar_stream, label, problems)
             tar_stream.drain()
         except READ_ERRORS as error:
-            problems.append(f"{label}: cannot be read as a {compression or 'plain'} tar: {error}")
+            kind = compression or "plain"
+            problems.append(f"{label}: cannot be read as a {kind} tar: {reason(error)}")
             _drain_quietly(stored)
             return BlobRead(stored.count, stored.hexdigest, None, problems)
         stored.drain()
@@ -141,19 +143,14 @@ def _check_members(stream: IO[bytes], label: str, problems: list[str]) -> int:
         for member in tar:
             name = member.name.removeprefix("./").rstrip("/")
             if name in seen:
-                problems.append(f"{label}: holds {show_name(name)} twice")
+                problems.append(f"{label}: holds {show_path(name)} twice")
             if name.startswith("/") or ".." in name.split("/"):
-                problems.append(f"{label}: unsafe member name {show_name(name)}")
+                problems.append(f"{label}: unsafe member name {show_path(name)}")
             if member.islnk() and member.linkname.removeprefix("./") not in seen:
                 problems.append(
-                    f"{label}: {show_name(name)} is a hard link to {show_name(member.linkname)}, "
+                    f"{label}: {show_path(name)} is a hard link to {show_path(member.linkname)}, "
                     "which is not earlier in this layer"
                 )
             seen.add(name)
             tar.members = []  # streaming: keep no TarInfo for layers of millions of files
         return tar.offset
-
-
-def show_name(name: str) -> str:
-    """A member name for a message: non-UTF-8 bytes shown escaped, one line."""
-    return repr(os.fsencode(name))[2:-1]

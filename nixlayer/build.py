@@ -17,7 +17,7 @@ from typing import Any
 
 from nixlayer.closure import DEFAULT_STORE_DIR, Closure
 from nixlayer.customisation import Customisation, customisation_entries, describe
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, reason, show_path
 from nixlayer.formats import read_image
 from nixlayer.image import (
     DEFAULT_MTIME,
@@ -38,7 +38,7 @@ from nixlayer.layers import EntriesLayer, Layer, StoreLayer, layer_store_paths
 from nixlayer.plan import Plan, PlanLayer, make_plan
 from nixlayer.readers import read_closure
 from nixlayer.runconfig import RunFlags, check_run_config, load_config_file, run_config
-from nixlayer.store import with_disk_nar_sizes
+from nixlayer.store import check_store_root, with_disk_nar_sizes
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,11 @@ class Identity:
 def load_closure(source: ClosureInput, note: Callable[[str], None]) -> Closure:
     closure = read_closure(source.file, source.input_format, source.attrs_key, source.store_dir)
     if not closure.has_nar_sizes:
-        note(f"{closure.source} has no narSize: reading the sizes from {source.store_root}")
+        check_store_root(source.store_root)
+        note(
+            f"{closure.source} has no narSize: reading the sizes from "
+            f"{show_path(source.store_root)}"
+        )
         closure = with_disk_nar_sizes(closure, os.fsencode(source.store_root))
     return closure
 
@@ -145,6 +149,7 @@ def plan_image(
     paths a base image nixlayer wrote holds already are not added again. A last build
     given as a closure is planned with the same base and budget as this one, as it
     was when it was built."""
+    check_store_root(store_root)
     root_bytes = os.fsencode(store_root)
     entries = customisation_entries(customisation, closure, root_bytes)
     provided = image_store_paths(base) if base else frozenset()
@@ -183,12 +188,14 @@ def load_groups(path: Path | None) -> list[list[str]]:
     try:
         groups = json.loads(path.read_bytes())
     except (OSError, ValueError) as error:
-        raise NixlayerError(f"--group {path}: cannot read it as JSON: {error}") from None
+        raise NixlayerError(
+            f"--group {show_path(path)}: cannot read it as JSON: {reason(error)}"
+        ) from None
     if not isinstance(groups, list) or not all(
         isinstance(g, list) and g and all(isinstance(glob, str) for glob in g) for g in groups
     ):
         raise NixlayerError(
-            f'--group {path}: expected a list of lists of globs, like [["python3-*"]]'
+            f'--group {show_path(path)}: expected a list of lists of globs, like [["python3-*"]]'
         )
     return groups
 
@@ -238,8 +245,8 @@ def load_layering(
     ``make_plan`` for ``provided``)."""
     path = Path(value)
     data = _json_or_none(path) if path.is_file() else None
-    if isinstance(data, dict) and "layers" in data and "version" in data:
-        return Plan.from_json(data, value)
+    if Plan.recognise(data):
+        return Plan.from_json(data, f"{flag} {show_path(value)}")
     is_tar = path.is_file() and tarfile.is_tarfile(path)
     if path.is_dir() or is_tar or (not path.exists() and ":" in value):
         return plan_from_image(read_image(value, flag))

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -36,7 +37,7 @@ from nixlayer.customisation import (
     parse_mkdir,
     parse_symlink,
 )
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, one_line, reason, show_path
 from nixlayer.fleet import plan_fleet
 from nixlayer.formats import (
     DEFAULT_COMPRESSION,
@@ -95,12 +96,33 @@ def _options(
         raise typer.Exit(2)
 
 
+class _GivenPath:
+    """The parser of a path on the command line, into a ``str`` or a ``Path``. An empty
+    one is refused: it names nothing, and as a ``Path`` it would be ``.``, the current
+    folder (``-o ""`` wrote ./image.tar)."""
+
+    def __init__(self, kind: type[str] | type[Path]) -> None:
+        self.kind = kind
+        self.__name__ = kind.__name__.lower()  # the help's <path> or <str>, as before
+
+    def __call__(self, value: str) -> str | Path:
+        if not value:
+            raise typer.BadParameter("an empty path names no file or folder")
+        return self.kind(value)
+
+
+_PATH = _GivenPath(Path)
+_TEXT_PATH = _GivenPath(str)
+
+
 ClosureArg = Annotated[
     Path,
     typer.Argument(
         help="The closure: `nix path-info --json --recursive` output, a structured-attrs "
         "file or exportReferencesGraph text; - for stdin.",
         show_default=False,
+        parser=_PATH,
+        metavar="CLOSURE",
     ),
 ]
 InputFormat = Annotated[
@@ -116,7 +138,7 @@ StoreDir = Annotated[
     typer.Option(help=f"The logical store directory in the image. Default: {DEFAULT_STORE_DIR}."),
 ]
 StoreRoot = Annotated[
-    Path, typer.Option(help="Where the store directory is found on this machine.")
+    Path, typer.Option(help="Where the store directory is found on this machine.", parser=_PATH)
 ]
 Roots = Annotated[
     list[str] | None,
@@ -129,6 +151,7 @@ Previous = Annotated[
     typer.Option(
         help="The last build's plan JSON or image: its layers are kept where they can be.",
         show_default=False,
+        parser=_TEXT_PATH,
     ),
 ]
 Groups = Annotated[
@@ -137,18 +160,22 @@ Groups = Annotated[
         "--group",
         help='A JSON file of name globs that must share a layer, like [["python3-*"]].',
         show_default=False,
+        parser=_PATH,
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")]
 
 
-def _opt(help_text: str, *names: str) -> typer.models.OptionInfo:
-    return typer.Option(*names, help=help_text, show_default=False)
+def _opt(help_text: str, *names: str, parser: _GivenPath | None = None) -> typer.models.OptionInfo:
+    return typer.Option(*names, help=help_text, show_default=False, parser=parser)
 
 
-def _note(message: str, quiet: bool) -> None:
+def _notes(messages: Iterable[str], quiet: bool) -> None:
+    """Notes are printed once the command has done its work: a run that fails prints
+    its error line alone."""
     if not quiet:
-        print(f"nixlayer: {message}", file=sys.stderr)
+        for message in messages:
+            print(f"nixlayer: {one_line(message)}", file=sys.stderr)
 
 
 @app.command("from-closure")
@@ -157,7 +184,12 @@ def from_closure(
     closure_file: ClosureArg,
     output: Annotated[
         str | None,
-        _opt("The image: a file (- for stdout), or a folder for --format oci.", "--output", "-o"),
+        _opt(
+            "The image: a file (- for stdout), or a folder for --format oci.",
+            "--output",
+            "-o",
+            parser=_TEXT_PATH,
+        ),
     ] = None,
     image_format: Annotated[
         str, typer.Option("--format", help=f"The image format: {', '.join(FORMATS)}.")
@@ -175,7 +207,7 @@ def from_closure(
     ] = None,
     compress_level: Annotated[int | None, _opt("The compression level.")] = None,
     cache_dir: Annotated[
-        Path | None, _opt("The layer cache. Default: $XDG_CACHE_HOME/nixlayer.")
+        Path | None, _opt("The layer cache. Default: $XDG_CACHE_HOME/nixlayer.", parser=_PATH)
     ] = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="Do not use the layer cache.")
@@ -203,7 +235,8 @@ def from_closure(
     label: Annotated[list[str] | None, _opt("KEY=VALUE (repeatable).")] = None,
     stop_signal: Annotated[str | None, _opt("The signal that stops the container.")] = None,
     config: Annotated[
-        Path | None, _opt("A JSON file with an OCI image config's `config` object.")
+        Path | None,
+        _opt("A JSON file with an OCI image config's `config` object.", parser=_PATH),
     ] = None,
     contents: Annotated[
         list[str] | None, _opt("A store path to link into the image root (repeatable).")
@@ -217,7 +250,12 @@ def from_closure(
     mkdir: Annotated[list[str] | None, _opt("DEST[:MODE[:UID:GID]] (repeatable).")] = None,
     symlink: Annotated[list[str] | None, _opt("DEST:TARGET (repeatable).")] = None,
     from_image: Annotated[
-        str | None, _opt("A base image (docker-archive or OCI layout) to build on.", "--from")
+        str | None,
+        _opt(
+            "A base image (docker-archive or OCI layout) to build on.",
+            "--from",
+            parser=_TEXT_PATH,
+        ),
     ] = None,
     input_format: InputFormat = None,
     attrs_key: AttrsKey = None,
@@ -247,7 +285,8 @@ def from_closure(
     o = SimpleNamespace(**given, inline_config=None)
     o.__dict__.update(_with_attrs_settings(ctx, given))
     source = ClosureInput(o.closure_file, o.input_format, o.attrs_key, o.store_dir, o.store_root)
-    closure = load_closure(source, lambda message: _note(message, o.quiet))
+    notes: list[str] = []
+    closure = load_closure(source, notes.append)
     base = read_image(o.from_image, "--from") if o.from_image else None
     customisation = Customisation(
         contents=tuple(o.contents or ()),
@@ -264,8 +303,7 @@ def from_closure(
         closure, o.store_root, customisation, base, o.strategy, o.max_layers, o.root or (),
         last_build, load_groups(Path(o.group) if o.group else None),
     )  # fmt: skip
-    for note in plan.notes:
-        _note(note, o.quiet)
+    notes.extend(plan.notes)
     identity = Identity(o.name, o.tag, o.arch, o.created, o.mtime)
     spec = ImageSpec(image_settings(identity, plan.roots, base, os.environ), run, layers, base)
     compression = parse_compression(
@@ -284,7 +322,7 @@ def from_closure(
             progress.sized,
             clobber=not o.no_clobber,
         )
-    _note(f"wrote {summary}", o.quiet)
+    _notes([*notes, f"wrote {summary}"], o.quiet)
 
 
 def _with_attrs_settings(ctx: typer.Context, options: dict[str, Any]) -> dict[str, Any]:
@@ -338,8 +376,9 @@ class _Progress:
     def __enter__(self) -> _Progress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         if self.bar is not None:
+            self.bar.leave = kind is None  # a failed run leaves its error line alone
             self.bar.close()
 
 
@@ -348,11 +387,20 @@ def plan_command(
     closure_files: Annotated[
         list[Path],
         typer.Argument(
-            help="The closure (with --fleet: several); - for stdin.", show_default=False
+            help="The closure (with --fleet: several); - for stdin.",
+            show_default=False,
+            parser=_PATH,
+            metavar="CLOSURE...",
         ),
     ],
     output: Annotated[
-        str, _opt("The plan JSON file (- for stdout); with --fleet, a folder.", "--output", "-o")
+        str,
+        _opt(
+            "The plan JSON file (- for stdout); with --fleet, a folder.",
+            "--output",
+            "-o",
+            parser=_TEXT_PATH,
+        ),
     ] = "-",
     fleet: Annotated[
         bool, typer.Option("--fleet", help="Plan several images so that they share layers.")
@@ -367,7 +415,12 @@ def plan_command(
     previous: Previous = None,
     group: Groups = None,
     from_image: Annotated[
-        str | None, _opt("A base image nixlayer wrote: the paths it holds get no layer.", "--from")
+        str | None,
+        _opt(
+            "A base image nixlayer wrote: the paths it holds get no layer.",
+            "--from",
+            parser=_TEXT_PATH,
+        ),
     ] = None,
     quiet: Quiet = False,
 ) -> None:
@@ -387,9 +440,11 @@ def plan_command(
     sources = [
         ClosureInput(f, input_format, attrs_key, store_dir, store_root) for f in closure_files
     ]
-    closures = [load_closure(source, lambda message: _note(message, quiet)) for source in sources]
+    notes: list[str] = []
+    closures = [load_closure(source, notes.append) for source in sources]
     if fleet:
-        _plan_fleet(closures, closure_files, names, strategy, max_layers, quiet)
+        notes.extend(_plan_fleet(closures, closure_files, names, strategy, max_layers))
+        _notes(notes, quiet)
         return
     provided = image_store_paths(read_image(from_image, "--from")) if from_image else frozenset()
     last_build = LastBuild(previous, sources[0]) if previous else None
@@ -399,6 +454,7 @@ def plan_command(
     )
     with atomic_output(output) as out:
         out.write(json.dumps(plan.to_json(), indent=2).encode() + b"\n")
+    _notes(notes, quiet)
     if not quiet:
         print(plan_table(plan), file=sys.stderr)
 
@@ -407,37 +463,58 @@ def _fleet_plan_names(files: list[Path], folder: Path) -> list[Path]:
     """Where each closure's plan goes: ``<stem>.plan.json`` in ``folder``, or, where
     stems repeat (a.json and b/a.json), named after their folders too."""
     if not folder.is_dir():
-        raise NixlayerError(f"-o {folder}: --fleet writes one plan per closure into a folder")
+        raise NixlayerError(
+            f"-o {show_path(folder)}: --fleet writes one plan per closure into a folder"
+        )
     stems = [file.stem for file in files]
     if len(set(stems)) < len(stems):
         stems = ["-".join(file.with_suffix("").parts[-2:]) for file in files]
     for file, stem in zip(files, stems, strict=True):
         if stems.count(stem) > 1:
-            raise NixlayerError(f"{file}: another closure's plan would also be {stem}.plan.json")
+            raise NixlayerError(
+                f"{show_path(file)}: another closure's plan would also be "
+                f"{show_path(stem)}.plan.json"
+            )
     return [folder / f"{stem}.plan.json" for stem in stems]
 
 
 def _plan_fleet(
     closures: list[Closure], files: list[Path], names: list[Path], strategy: str,
-    max_layers: int, quiet: bool,
-) -> None:  # fmt: skip
+    max_layers: int,
+) -> list[str]:  # fmt: skip
+    """Writes the plans; returns the notes that say what they hold."""
     fleet = plan_fleet(closures, strategy, max_layers)
+    notes = []
     for file, name, plan in zip(files, names, fleet.plans, strict=True):
         with atomic_output(str(name)) as out:
             out.write(json.dumps(plan.to_json(), indent=2).encode() + b"\n")
-        _note(f"{file}: {len(plan.layers)} layers", quiet)
+        notes.append(f"{show_path(file)}: {len(plan.layers)} layers")
     share = 100 * fleet.shared_bytes / fleet.ceiling if fleet.ceiling else 100.0
-    _note(
+    notes.append(
         f"shared layers hold {human_size(fleet.shared_bytes)} of the "
-        f"{human_size(fleet.ceiling)} of paths in more than one image ({share:.1f} %)",
-        quiet,
+        f"{human_size(fleet.ceiling)} of paths in more than one image ({share:.1f} %)"
     )
+    return notes
 
 
 @app.command("diff")
 def diff_command(
-    old: Annotated[str, typer.Argument(help="The last build: a plan JSON, closure or image.")],
-    new: Annotated[str, typer.Argument(help="The new build: a plan JSON, closure or image.")],
+    old: Annotated[
+        str,
+        typer.Argument(
+            help="The last build: a plan JSON, closure or image.",
+            parser=_TEXT_PATH,
+            metavar="OLD",
+        ),
+    ],
+    new: Annotated[
+        str,
+        typer.Argument(
+            help="The new build: a plan JSON, closure or image.",
+            parser=_TEXT_PATH,
+            metavar="NEW",
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     fail_over: Annotated[
         str | None,
@@ -467,7 +544,14 @@ def diff_command(
 
 @app.command("inspect")
 def inspect_command(
-    image: Annotated[str, typer.Argument(help="A docker-archive, OCI layout or oci-archive.")],
+    image: Annotated[
+        str,
+        typer.Argument(
+            help="A docker-archive, OCI layout or oci-archive.",
+            parser=_TEXT_PATH,
+            metavar="IMAGE",
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Show an image's config and, per layer, its digest, size and store paths."""
@@ -480,7 +564,14 @@ def inspect_command(
 
 @app.command("verify")
 def verify_command(
-    image: Annotated[str, typer.Argument(help="A docker-archive, OCI layout or oci-archive.")],
+    image: Annotated[
+        str,
+        typer.Argument(
+            help="A docker-archive, OCI layout or oci-archive.",
+            parser=_TEXT_PATH,
+            metavar="IMAGE",
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Re-read an image and check every digest, size and diff_id; exit 1 on a problem."""
@@ -493,7 +584,7 @@ def verify_command(
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    print(f"nixlayer: error: {message}", file=sys.stderr)
+    print(f"nixlayer: error: {one_line(message)}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -507,8 +598,6 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except UsageProblem as e:
-        if not e.format_message():  # help was shown for a bare `nixlayer`
-            sys.exit(2)
         _fail(e.format_message().replace("\n", " "), 2)
     except NixlayerError as e:
         _fail(str(e), 2)
@@ -516,8 +605,8 @@ def main() -> None:
         _fail("interrupted", 130)
     except BrokenPipeError:
         sys.exit(1)
-    except OSError as e:
-        _fail(f"{e.filename or ''}: {e.strerror}" if e.filename else str(e), 2)
+    except OSError as e:  # where no caller could name the file better
+        _fail(f"{show_path(e.filename)}: {reason(e)}" if e.filename else reason(e), 2)
     except Exception as e:  # a bug in nixlayer, not a problem with the input
         if _DEBUG["traceback"]:
             raise

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from nixlayer.errors import NixlayerError
+from nixlayer.jsonstream import show_json
 
 DEFAULT_STORE_DIR = "/nix/store"
 
@@ -84,9 +85,11 @@ def check_store_path(path: str, store_dir: str, source: str) -> None:
     no nested path, no ``..``, no NUL, a hash of exactly 32 base-32 characters."""
     directory, _, basename = path.rpartition("/")
     if directory != store_dir:
-        raise NixlayerError(f"{source}: {path!r} is not in the store directory {store_dir}")
+        raise NixlayerError(
+            f"{source}: {show_json(path)} is not in the store directory {store_dir}"
+        )
     if not _BASENAME.fullmatch(basename):
-        raise NixlayerError(f"{source}: {path!r} is not a valid Nix store path name")
+        raise NixlayerError(f"{source}: {show_json(path)} is not a valid Nix store path name")
 
 
 def make_closure(entries: Iterable[RawEntry], store_dir: str, source: str) -> Closure:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nixlayer.closure import Closure
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, show_path
 from nixlayer.store import (
     EXECUTABLE_MODE,
     SYMLINK_MODE,
@@ -72,9 +72,10 @@ class Customisation:
         return bool(self.contents or self.adds or self.directories or self.symlinks)
 
 
-_ADD = re.compile(r"(?P<source>.+):(?P<dest>/[^:]*)(?::(?P<mode>[0-7]{3,4}))?")
+# DOTALL: a newline is as good a character of a file name as any.
+_ADD = re.compile(r"(?P<source>.+):(?P<dest>/[^:]*)(?::(?P<mode>[0-7]{3,4}))?", re.DOTALL)
 _MKDIR = re.compile(r"(?P<dest>/[^:]*)(?::(?P<mode>[0-7]{3,4})(?::(?P<uid>\d+):(?P<gid>\d+))?)?")
-_SYMLINK = re.compile(r"(?P<dest>/[^:]*):(?P<target>.+)")
+_SYMLINK = re.compile(r"(?P<dest>/[^:]*):(?P<target>.+)", re.DOTALL)
 
 
 def _match(pattern: re.Pattern[str], value: str, flag: str, form: str) -> re.Match[str]:
@@ -167,7 +168,7 @@ class _Root:
 
 
 def _show(name: bytes) -> str:
-    return "/" + os.fsdecode(name)
+    return show_path(b"/" + name)
 
 
 def _root_mode(entry: Entry) -> int:
@@ -211,7 +212,7 @@ def _link_contents(root: _Root, store_root: bytes, store_path: str, links: list[
 
 def _add_files(root: _Root, add: AddFiles) -> None:
     """Copy a host file or folder; symlinks in it stay links and are never followed."""
-    origin = f"--add {add.source}:{add.dest}"
+    origin = f"--add {show_path(add.source)}:{add.dest}"
     dest = _image_name(add.dest, "--add", allow_root=True)
     try:
         tree = list(walk_tree(os.fsencode(add.source), dest))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from nixlayer.errors import one_line
 from nixlayer.image import SourceImage
 from nixlayer.layers import layer_store_paths
 from nixlayer.plan import human_size
@@ -36,7 +37,9 @@ def describe_image(image: SourceImage) -> dict[str, Any]:
 
 
 def format_description(description: dict[str, Any]) -> str:
-    """A short text: the image, its run config, then one line a layer."""
+    """A short text: the image, its run config, then one line a layer. What the image
+    says of itself (tags, comments) is shown on one line, with no control character
+    reaching the terminal."""
     platform = "/".join(p for p in (description["os"], description["architecture"],
                                       description["variant"]) if p)  # fmt: skip
     tags = ", ".join(description["repo_tags"]) or "(no tag)"
@@ -55,4 +58,4 @@ def format_description(description: dict[str, Any]) -> str:
             else layer["comment"] or "-"
         )
         lines.append(f"{index:>5}  {human_size(layer['size']):>10}  {layer['digest'][:19]}  {what}")
-    return "\n".join(lines)
+    return "\n".join(map(one_line, lines))

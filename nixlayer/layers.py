@@ -18,7 +18,7 @@ from typing import IO, Any, Protocol
 
 from nixlayer import version
 from nixlayer.blobs import READ_ERRORS, decompressing, read_layer, reopenable
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, reason
 from nixlayer.store import Entry, store_layer_entries
 from nixlayer.tarwriter import Emit, LayerLayout, lay_out, write_layer
 
@@ -250,7 +250,9 @@ def _copy_decompressed(layer: BlobLayer, out: IO[bytes]) -> None:
         with layer.open() as blob:
             shutil.copyfileobj(decompressing(blob, layer.compression), out, _CHUNK)
     except READ_ERRORS as error:
-        raise NixlayerError(f"{layer.source}: layer {layer.diff_id} is corrupt: {error}") from None
+        raise NixlayerError(
+            f"{layer.source}: layer {layer.diff_id} is corrupt: {reason(error)}"
+        ) from None
 
 
 @dataclass(frozen=True)

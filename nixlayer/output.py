@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, missing_folder, show_path
 
 STDOUT = "-"
 _BUFFER = 1 << 20
@@ -130,20 +130,31 @@ class PendingFile:
 @contextmanager
 def pending_file(folder: str | Path, flag: str = "-o") -> Iterator[PendingFile]:
     """A ``PendingFile`` that is removed on any error, Ctrl-C or SIGTERM (which the CLI
-    turns into an exception), or if the block ends without publishing it. A full
-    disk or quota is the user's to fix, so it becomes an error naming the folder."""
+    turns into an exception), or if the block ends without publishing it."""
     try:
         pending = PendingFile(folder)
     except OSError as e:
-        raise NixlayerError(f"{flag} {folder}: cannot write there: {e.strerror}") from None
+        raise _cannot_write(flag, folder, e) from None
     try:
-        yield pending
+        with _no_room(flag, folder):
+            yield pending
+    finally:
+        pending.discard()
+
+
+@contextmanager
+def _no_room(flag: str, where: str | Path) -> Iterator[None]:
+    """A full disk or quota is the user's to fix: an error naming where it was written."""
+    try:
+        yield
     except OSError as e:
         if e.errno not in _NO_ROOM:
             raise
-        raise NixlayerError(f"{flag} {folder}: cannot write there: {e.strerror}") from None
-    finally:
-        pending.discard()
+        raise _cannot_write(flag, where, e) from None
+
+
+def _cannot_write(flag: str, where: str | Path, error: OSError) -> NixlayerError:
+    return NixlayerError(f"{flag} {show_path(where)}: cannot write there: {error.strerror}")
 
 
 # Waits for its standard input to close, which happens when the process that holds
@@ -200,14 +211,14 @@ def atomic_output(destination: str, flag: str = "-o", clobber: bool = True) -> I
     if not clobber and destination != STDOUT and os.path.lexists(destination):
         raise refuse_existing(destination, flag)
     if destination == STDOUT or in_nix_build() or _is_device_or_pipe(destination):
-        with _plain_output(destination) as out:
+        with _no_room(flag, destination), _plain_output(destination) as out:
             yield out
         return
     folder = os.path.dirname(os.path.abspath(destination))
     if not os.path.isdir(folder):
-        raise NixlayerError(f"{flag} {destination}: the folder {folder} does not exist")
+        raise NixlayerError(f"{flag} {show_path(destination)}: {missing_folder(folder)}")
     if os.path.isdir(destination):
-        raise NixlayerError(f"{flag} {destination}: is a folder, not a file")
+        raise NixlayerError(f"{flag} {show_path(destination)}: is a folder, not a file")
     with pending_file(folder, flag) as pending:
         yield pending.file
         try:
@@ -227,7 +238,9 @@ def _is_device_or_pipe(path: str) -> bool:
 
 
 def refuse_existing(destination: str | Path, flag: str = "-o") -> NixlayerError:
-    return NixlayerError(f"{flag} {destination}: exists already, and --no-clobber was given")
+    return NixlayerError(
+        f"{flag} {show_path(destination)}: exists already, and --no-clobber was given"
+    )
 
 
 def _widen_pipe(stream: BinaryIO) -> None:

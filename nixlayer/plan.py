@@ -19,6 +19,7 @@ from nixlayer.closure import Closure
 from nixlayer.errors import NixlayerError
 from nixlayer.gcpause import no_cycle_collection
 from nixlayer.graph import build_graph, find_roots, induced
+from nixlayer.jsonstream import show_json
 from nixlayer.strategies import STRATEGIES
 
 PLAN_VERSION = 1
@@ -75,11 +76,22 @@ class Plan:
             ],
         }
 
+    @staticmethod
+    def recognise(data: Any) -> bool:
+        """Whether JSON data is meant as a plan (of any version), not as a closure."""
+        return isinstance(data, dict) and "layers" in data and "version" in data
+
     @classmethod
     def from_json(cls, data: Any, source: str) -> Plan:
         """A plan written by ``to_json``, checked so that a wrong file fails clearly."""
-        if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
-            raise NixlayerError(f"{source}: not a nixlayer plan (version {PLAN_VERSION})")
+        version = data.get("version") if isinstance(data, dict) else None
+        if version is None:
+            raise NixlayerError(f"{source}: not a nixlayer plan (it has no version)")
+        if version != PLAN_VERSION:
+            raise NixlayerError(
+                f"{source}: a plan of version {show_json(version)}; this nixlayer reads "
+                f"plans of version {PLAN_VERSION}"
+            )
         try:
             layers = tuple(_layer_from_json(layer) for layer in data["layers"])
             plan = cls(str(data["store_dir"]), str(data["strategy"]),

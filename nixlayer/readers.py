@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from nixlayer.closure import DEFAULT_STORE_DIR, Closure, RawEntry, make_closure
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, show_path
 from nixlayer.gcpause import no_cycle_collection
 from nixlayer.jsonstream import TextWindow, load, show_json
+from nixlayer.plan import Plan
 
 INPUT_FORMATS = (
     "path-info-list",  # nix path-info --json, Nix <= 2.18 and Lix: [{"path": ...}, ...]
@@ -77,7 +78,7 @@ def read_closure(
     picks the exportReferencesGraph list in an ``.attrs.json`` (it implies ``attrs``);
     ``store_dir`` is the store directory the user asked for, None if they did not.
     """
-    source = "<stdin>" if path == _STDIN else str(path)
+    source = "<stdin>" if path == _STDIN else show_path(path)
     shape = _check_options(input_format, attrs_key)
     with no_cycle_collection(), _open_input(path, source) as file:
         parsed = _parse(TextWindow(file, source), shape, attrs_key, source)
@@ -93,7 +94,7 @@ def _check_options(input_format: str | None, attrs_key: str | None) -> str | Non
     """Refuse an unknown format, or an attrs key with a format that has no attributes."""
     if input_format is not None and input_format not in INPUT_FORMATS:
         raise NixlayerError(
-            f"unknown input format {input_format!r} (expected one of: {', '.join(INPUT_FORMATS)})"
+            f"--input-format {input_format}: unknown (expected one of: {', '.join(INPUT_FORMATS)})"
         )
     if attrs_key is None:
         return input_format
@@ -236,6 +237,8 @@ def _graph_keys(attrs: _JsonObject) -> list[str]:
 
 def _only_graph_key(attrs: _JsonObject, source: str) -> str:
     keys = _graph_keys(attrs)
+    if not keys and Plan.recognise(attrs):
+        raise NixlayerError(f"{source}: a nixlayer plan, not a closure")
     if not keys:
         raise NixlayerError(
             f"{source}: no exportReferencesGraph list (a list of objects with "
@@ -340,21 +343,18 @@ def _store_dir_field(fields: _JsonObject, where: str, source: str) -> str | None
     store_dir = fields.get("storeDir")
     if store_dir is None:
         return None
-    if not isinstance(store_dir, str) or not _is_plain_directory(store_dir):
-        raise NixlayerError(
-            f'{source}: {where} has "storeDir" {_show(store_dir)}, '
-            "not an absolute directory (without '.' or '..')"
-        )
+    problem = _store_dir_problem(store_dir) if isinstance(store_dir, str) else _NOT_ABSOLUTE
+    if problem:
+        raise NixlayerError(f'{source}: {where} has "storeDir" {_show(store_dir)}, {problem}')
     return _normalise_store_dir(store_dir)
 
 
 def _settle_store_dir(declared: list[tuple[str, str]], requested: str | None, source: str) -> str:
     """The file's store directory if it declares one (all declarations must agree, and
     agree with the user's), else the user's, else ``/nix/store``."""
-    if requested is not None and not _is_plain_directory(requested):
-        raise NixlayerError(
-            f"--store-dir {requested}: not an absolute directory (without '.' or '..')"
-        )
+    problem = None if requested is None else _store_dir_problem(requested)
+    if problem:
+        raise NixlayerError(f"--store-dir {requested}: {problem}")
     if not declared:
         return DEFAULT_STORE_DIR if requested is None else _normalise_store_dir(requested)
     file_dir, file_where = declared[0]
@@ -372,16 +372,25 @@ def _settle_store_dir(declared: list[tuple[str, str]], requested: str | None, so
     return file_dir
 
 
-def _is_plain_directory(store_dir: str) -> bool:
-    """Absolute, below ``/``, with no ``.``, ``..`` or empty part and no NUL: every
-    name in a layer starts with the store directory, so it must not climb out."""
+_NOT_ABSOLUTE = "not an absolute directory (it must start with /)"
+
+
+def _store_dir_problem(store_dir: str) -> str | None:
+    """What makes ``store_dir`` unfit, in words; None if it is fit: absolute, below
+    ``/``, with no ``.``, ``..`` or empty part and no NUL. Every name in a layer starts
+    with the store directory, so it must not climb out."""
     parts = store_dir.rstrip("/").split("/")[1:]
-    return (
-        store_dir.startswith("/")
-        and "\0" not in store_dir
-        and bool(parts)
-        and all(part not in ("", ".", "..") for part in parts)
-    )
+    if not store_dir.startswith("/"):
+        return _NOT_ABSOLUTE
+    if "\0" in store_dir:
+        return "holds a NUL character"
+    if not parts:
+        return "the root /; the store needs a folder of its own, like /nix/store"
+    if "" in parts:
+        return "has an empty part (//)"
+    if "." in parts or ".." in parts:
+        return "has a '.' or '..' part; it must name its folder without climbing"
+    return None
 
 
 def _normalise_store_dir(store_dir: str) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, show_path
 from nixlayer.formats.files import json_strings
 
 _LIST_FIELDS = ("Cmd", "Entrypoint")
@@ -111,7 +111,7 @@ def _absolute(path: str, flag: str) -> str:
 
 def load_config_file(path: Path) -> dict[str, Any]:
     """``--config FILE``: an OCI image config's ``config`` object, checked field by field."""
-    source = f"--config {path}"
+    source = f"--config {show_path(path)}"
     try:
         config = json.loads(path.read_bytes())
     except OSError as error:

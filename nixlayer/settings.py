@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, reason, show_path
 from nixlayer.runconfig import check_run_config
 
 DEFAULT_KEY = "nixlayer"
@@ -67,12 +67,20 @@ def _checked(key: str, value: Any, where: str) -> Any:
 
 def load_attrs_settings(path: Path, key: str = DEFAULT_KEY) -> dict[str, Any]:
     """The settings as CLI parameter names → values; ``config`` (an OCI ``config``
-    object) comes back as ``inline_config``."""
+    object) comes back as ``inline_config``. The closure on stdin cannot be read
+    again for them: that is refused."""
+    if path == Path("-"):
+        raise NixlayerError(
+            "--settings-from-attrs: reads the closure's file a second time, so the closure "
+            "cannot come from stdin (-); give the .attrs.json file's path"
+        )
     try:
         attrs = json.loads(path.read_bytes())
     except (OSError, ValueError) as error:
-        raise NixlayerError(f"{path}: cannot read its settings: {error}") from None
-    where = f"{path}: attribute {key!r}"
+        raise NixlayerError(
+            f"{show_path(path)}: cannot read its settings: {reason(error)}"
+        ) from None
+    where = f"{show_path(path)}: attribute {key!r}"
     settings = attrs.get(key) if isinstance(attrs, dict) else None
     if not isinstance(settings, dict):
         raise NixlayerError(f"{where} is missing or not an object of settings")

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from nixlayer.closure import Closure
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, kind_of, missing_folder, show_path
 
 DIR_MODE = 0o555
 FILE_MODE = 0o444
@@ -75,8 +75,8 @@ def _entry(name: bytes, disk_path: bytes, st: os.stat_result) -> Entry:
         inode = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
         return Entry(name, Kind.FILE, mode, st.st_size, disk_path=disk_path, inode=inode)
     raise NixlayerError(
-        f"{os.fsdecode(disk_path)}: a Nix store can hold only files, directories and "
-        "symlinks, not this special file"
+        f"{show_path(disk_path)}: {kind_of(st.st_mode)}; an image can hold only files, "
+        "folders and symlinks, not this special file"
     )
 
 
@@ -127,12 +127,17 @@ def walk_tree(disk_root: bytes, name_root: bytes) -> Iterator[Entry]:
         while pending:
             folder = pending.pop()
             yield from _walk_folder(folder.name, folder.disk_path, pending)
-    except FileNotFoundError as e:
-        raise NixlayerError(f"{os.fsdecode(e.filename)}: does not exist on disk") from None
-    except PermissionError as e:
-        raise NixlayerError(
-            f"{os.fsdecode(e.filename)}: cannot read it: permission denied"
-        ) from None
+    except OSError as e:
+        where = show_path(e.filename or disk_root)
+        if isinstance(e, FileNotFoundError):
+            raise NixlayerError(f"{where}: does not exist on disk") from None
+        raise NixlayerError(f"{where}: cannot read it: {e.strerror}") from None
+
+
+def check_store_root(store_root: str | os.PathLike[str]) -> None:
+    """``--store-root`` is a folder: else every store path would be "missing"."""
+    if not os.path.isdir(store_root):
+        raise NixlayerError(f"--store-root {show_path(store_root)}: {missing_folder(store_root)}")
 
 
 def walk_store_path(store_root: bytes, store_path: str) -> Iterator[Entry]:

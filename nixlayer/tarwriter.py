@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from zlib import adler32
 
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, show_path
 from nixlayer.store import Entry, Kind, TreeFiles
 
 TAR_FORMAT = 1  # bump whenever the bytes written for the same entries change
@@ -435,7 +435,7 @@ class _Buffers:
         view = self._view
         fd = self._open(entry)
         try:
-            count = os.readv(fd, (view[start : end + 1],))
+            count = _readv(fd, view[start : end + 1], entry)
             if count != size:
                 if count > size:
                     raise NixlayerError(f"{_show(entry)}: the file grew while it was being read")
@@ -470,12 +470,7 @@ class _Buffers:
         try:
             return self._files.open(entry.disk_path)
         except OSError as e:
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise NixlayerError(
-                    f"{_show(entry)}: it or a folder on its way was replaced while it was "
-                    "being read (symlinks are never followed)"
-                ) from None
-            raise NixlayerError(f"{_show(entry)}: cannot read it: {e.strerror}") from None
+            raise _unreadable(entry, e) from None
 
     def _read(self, fd: int, entry: Entry, remaining: int) -> None:
         """The ``remaining`` bytes of an open file, and a check that no more follow."""
@@ -485,7 +480,7 @@ class _Buffers:
                     self._hand_over()
                 used = self._used
                 wanted = min(remaining + 1, READ_CHUNK - used)
-                count = os.readv(fd, (self._view[used : used + wanted],))
+                count = _readv(fd, self._view[used : used + wanted], entry)
                 if count > remaining:
                     raise NixlayerError(f"{_show(entry)}: the file grew while it was being read")
                 if not count:
@@ -496,9 +491,30 @@ class _Buffers:
                     break
             if count < wanted:  # a short read: the end of the file
                 return
-        if os.read(fd, 1):
+        if _readv(fd, bytearray(1), entry):
             raise NixlayerError(f"{_show(entry)}: the file grew while it was being read")
 
 
+def _readv(fd: int, buffer: memoryview | bytearray, entry: Entry) -> int:
+    """``os.readv`` into one buffer; an error names the file (the output is written
+    between reads, so the error must be told apart here)."""
+    try:
+        return os.readv(fd, (buffer,))
+    except OSError as e:
+        raise _unreadable(entry, e) from None
+
+
+def _unreadable(entry: Entry, error: OSError) -> NixlayerError:
+    """Why a file of the layer cannot be read. One swapped since the walk for a symlink
+    (O_NOFOLLOW: ELOOP), for a folder (which opens, and reads as EISDIR), or below a
+    folder swapped for a symlink (ENOTDIR) is said to be so."""
+    if error.errno in (errno.ELOOP, errno.ENOTDIR, errno.EISDIR):
+        return NixlayerError(
+            f"{_show(entry)}: it or a folder on its way was replaced while it was "
+            "being read (symlinks are never followed)"
+        )
+    return NixlayerError(f"{_show(entry)}: cannot read it: {error.strerror}")
+
+
 def _show(entry: Entry) -> str:
-    return os.fsdecode(entry.disk_path)
+    return show_path(entry.disk_path)

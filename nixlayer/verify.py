@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from nixlayer.blobs import BlobRead, read_blob, read_layer, reopenable
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, one_line, reason, show_path
+from nixlayer.formats import not_an_image
 from nixlayer.formats.docker_archive import MANIFEST
 from nixlayer.formats.files import (
     READ_ERRORS,
@@ -86,10 +87,11 @@ def format_report(report: VerifyReport) -> str:
     kind = report.image_format + (f" ({report.compression})" if report.compression else "")
     verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
     lines = [
-        f"{report.source}: {kind}, {report.images} image(s), {report.layers} layer(s): {verdict}"
+        f"{show_path(report.source)}: {kind}, {report.images} image(s), "
+        f"{report.layers} layer(s): {verdict}"
     ]
-    lines += [f"  problem: {problem}" for problem in report.problems]
-    lines += [f"  note: {note}" for note in report.notes]
+    lines += [f"  problem: {one_line(problem)}" for problem in report.problems]
+    lines += [f"  note: {one_line(note)}" for note in report.notes]
     return "\n".join(lines)
 
 
@@ -101,7 +103,7 @@ def verify_image(path: str) -> VerifyReport:
     if location.is_dir():
         return _verify_layout(path, folder_files(location), "oci")
     if not location.is_file():
-        raise NixlayerError(f"{path}: no such image file or folder")
+        raise NixlayerError(f"{show_path(path)}: {not_an_image(location)}")
     compression = compression_of(partial(location.open, "rb"))
     if compression is None:
         return _verify_archive(path, location, None)
@@ -109,8 +111,7 @@ def verify_image(path: str) -> VerifyReport:
         plain = decompressed_copy(location, compression)
     except READ_ERRORS as error:
         report = VerifyReport(path, "docker-archive", compression)
-        reason = str(error) or type(error).__name__
-        report.problems.append(f"the {compression} stream is corrupt: {reason}")
+        report.problems.append(f"the {compression} stream is corrupt: {reason(error)}")
         return report
     with plain:
         return _verify_archive(path, reopenable(plain), compression)
@@ -123,7 +124,7 @@ def _verify_archive(source: str, path: Path, compression: str | None) -> VerifyR
         files = tar_files(path, source)
     except NixlayerError as error:
         if not readable:
-            raise NixlayerError(f"{source}: not a docker-archive or OCI image") from None
+            raise NixlayerError(f"{show_path(source)}: not a docker-archive or OCI image") from None
         report = VerifyReport(source, "docker-archive", compression, problems=problems)
         report.problems.append(str(error))
         return report
@@ -135,7 +136,7 @@ def _verify_archive(source: str, path: Path, compression: str | None) -> VerifyR
         report = VerifyReport(source, "docker-archive", compression)
         report.problems.append(f"neither {MANIFEST} nor {INDEX} can be read")
     else:
-        raise NixlayerError(f"{source}: not a docker-archive or OCI image")
+        raise NixlayerError(f"{show_path(source)}: not a docker-archive or OCI image")
     report.problems[:0] = problems
     return report
 
@@ -156,15 +157,15 @@ def _check_archive(path: Path) -> tuple[list[str], bool]:
             for member in tar:
                 name = os.path.normpath(member.name)
                 if name in names:
-                    problems.append(f"the archive holds {name} twice")
+                    problems.append(f"the archive holds {show_path(name)} twice")
                 names.add(name)
                 if member.offset_data + member.size > size:
-                    problems.append(f"the archive is truncated: it ends inside {name}")
+                    problems.append(f"the archive is truncated: it ends inside {show_path(name)}")
                     return problems, True
             end = tar.offset
     except tarfile.TarError as error:
         if names:
-            problems.append(f"the archive is damaged after {len(names)} members: {error}")
+            problems.append(f"the archive is damaged after {len(names)} members: {reason(error)}")
         return problems, bool(names)
     with path.open("rb") as file:
         file.seek(end)
@@ -446,7 +447,9 @@ def _check_all_blobs(check: _Checker) -> None:
             continue
         hex_digest = name.removeprefix(BLOBS)
         if not _HEX64.fullmatch(hex_digest):
-            check.report.notes.append(f"{name}: not a blob name (a leftover temporary file?)")
+            check.report.notes.append(
+                f"{show_path(name)}: not a blob name (a leftover temporary file?)"
+            )
             continue
         found = check.blob(name)
         if found is not None and found.digest != f"sha256:{hex_digest}":

@@ -10,7 +10,7 @@ from typing import BinaryIO, cast
 
 from nixlayer.cache import LayerCache
 from nixlayer.compression import CompressedStream, Compression
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, show_path, what_is
 from nixlayer.formats.docker_archive import MANIFEST, read_docker_archive, write_docker_archive
 from nixlayer.formats.files import archive_files, folder_files
 from nixlayer.formats.oci import (
@@ -48,10 +48,10 @@ def read_image(value: str, flag: str) -> SourceImage:
     if path.is_dir():
         files = folder_files(path)
         if not files.has(LAYOUT):
-            raise NixlayerError(f"{flag} {value}: a folder, but not an OCI image layout")
+            raise NixlayerError(f"{flag} {show_path(value)}: a folder, but not an OCI image layout")
         return read_oci(files, ref)
     if not path.is_file():
-        raise NixlayerError(f"{flag} {value}: no such image file or folder")
+        raise NixlayerError(f"{flag} {show_path(value)}: {not_an_image(path)}")
     files = archive_files(path)
     if files.has(INDEX) and files.has(LAYOUT):
         return read_oci(files, ref)
@@ -59,7 +59,14 @@ def read_image(value: str, flag: str) -> SourceImage:
         if ref is not None:
             raise NixlayerError(f"{flag} {value}: a docker-archive; :REF names an OCI image")
         return read_docker_archive(files)
-    raise NixlayerError(f"{flag} {value}: not a docker-archive or OCI image")
+    raise NixlayerError(f"{flag} {show_path(value)}: not a docker-archive or OCI image")
+
+
+def not_an_image(path: Path) -> str:
+    """Why ``path``, neither a file nor a folder, is no image: it does not exist, or it
+    is a device, a pipe... (``inspect /dev/null`` is no "such image" all the same)."""
+    kind = what_is(path)
+    return "no such image file or folder" if kind == "nothing" else f"{kind}, not an image"
 
 
 def default_output(image_format: str) -> str:
@@ -94,7 +101,8 @@ def write_image(
             spec, Path(output), compression, cache, on_bytes, on_layer, on_size
         )
         reused = sum(written.reused)
-        return f"{written.ref} to {output} ({len(written.layers)} layers, {reused} reused)"
+        shown = show_path(output)
+        return f"{written.ref} to {shown} ({len(written.layers)} layers, {reused} reused)"
     with atomic_output(output, clobber=clobber) as out:
         if image_format == "oci-archive":
             beside = output != STDOUT and not in_nix_build()
@@ -102,9 +110,9 @@ def write_image(
             layout = write_oci_archive(
                 spec, out, compression, Path(scratch), on_bytes, on_layer, on_size
             )
-            return f"{layout.ref} to {output} ({len(layout.layers)} layers)"
+            return f"{layout.ref} to {show_path(output)} ({len(layout.layers)} layers)"
         stream = cast(BinaryIO, CompressedStream(out, compression)) if compression else out
         ref = write_docker_archive(spec, stream, on_bytes, on_layer, on_size)
         if isinstance(stream, CompressedStream):
             stream.finish()
-    return f"{ref} to {output} ({len(spec.all_layers)} layers)"
+    return f"{ref} to {show_path(output)} ({len(spec.all_layers)} layers)"

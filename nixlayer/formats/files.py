@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from nixlayer.blobs import READ_ERRORS, Opener, decompressing, reopenable
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, reason, show_path
 
 _MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 _CHUNK = 1 << 20
@@ -44,7 +44,8 @@ class _Slice(io.RawIOBase):
 
 @dataclass(frozen=True)
 class ImageFiles:
-    """Name → (size, opener) of every regular file of the image."""
+    """Name → (size, opener) of every regular file of the image; ``source`` names the
+    image in messages, as ``show_path`` shows it."""
 
     source: str
     files: dict[str, tuple[int, Opener]]
@@ -106,7 +107,7 @@ def folder_files(path: Path) -> ImageFiles:
             full = Path(folder, name)
             relative = full.relative_to(path).as_posix()
             files[relative] = (full.stat().st_size, partial(full.open, "rb"))
-    return ImageFiles(str(path), files)
+    return ImageFiles(show_path(path), files)
 
 
 def tar_files(path: Path, source: str | None = None, keep: object = None) -> ImageFiles:
@@ -114,12 +115,12 @@ def tar_files(path: Path, source: str | None = None, keep: object = None) -> Ima
     ``source`` names the archive in messages (default: ``path``). Each opener holds
     ``keep``, the open file that ``path`` may name (``reopenable``), so that the file
     stays open, and its descriptor's number taken, while an opener may be called."""
-    source = str(path) if source is None else source
+    source = show_path(path if source is None else source)
     try:
         with tarfile.open(path, "r:") as tar:
             members = [m for m in tar.getmembers() if m.isreg()]
     except (tarfile.TarError, OSError) as error:
-        raise NixlayerError(f"{source}: not a readable tar archive: {error}") from None
+        raise NixlayerError(f"{source}: not a readable tar archive: {reason(error)}") from None
     files: dict[str, tuple[int, Opener]] = {
         os.path.normpath(m.name): (
             m.size,
@@ -166,8 +167,9 @@ def archive_files(path: Path) -> ImageFiles:
     try:
         copy = decompressed_copy(path, compression)
     except READ_ERRORS as error:
-        reason = str(error) or type(error).__name__
-        raise NixlayerError(f"{path}: the {compression} stream is corrupt: {reason}") from None
+        raise NixlayerError(
+            f"{show_path(path)}: the {compression} stream is corrupt: {reason(error)}"
+        ) from None
     try:
         return tar_files(reopenable(copy), str(path), keep=copy)
     except BaseException:

@@ -7,6 +7,7 @@ image manifests, whose layers carry their own media types and compressed digests
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Any, BinaryIO
 
 from nixlayer.cache import CachedLayer, LayerCache, layer_key
 from nixlayer.compression import Compression
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, missing_folder, reason, show_path, what_is
 from nixlayer.formats.docker_archive import MANIFEST
 from nixlayer.formats.files import ImageFiles, json_object, json_strings, read_config
 from nixlayer.image import (
@@ -32,6 +33,7 @@ from nixlayer.image import (
     layer_histories,
     qualified_name,
 )
+from nixlayer.jsonstream import show_json
 from nixlayer.layers import BlobLayer, Layer, LayerSized
 from nixlayer.output import pending_file, scratch_folder
 from nixlayer.store import walk_tree
@@ -49,10 +51,11 @@ INDEX_TYPES = (
 )
 
 
-def blob_name(digest: str) -> str:
+def blob_name(digest: str, source: str = "the image") -> str:
+    """The blob a digest names; ``source`` is the image whose metadata gave it."""
     algorithm, _, hex_digest = digest.partition(":")
     if algorithm != "sha256" or len(hex_digest) != 64 or not hex_digest.isalnum():
-        raise NixlayerError(f"unsupported digest {digest!r}")
+        raise NixlayerError(f"{source}: unsupported digest {show_json(digest)}")
     return f"blobs/sha256/{hex_digest}"
 
 
@@ -82,9 +85,10 @@ def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
     if descriptor.get("mediaType") in INDEX_TYPES:
         raise NixlayerError(f"{files.source}: a multi-platform index is not supported here")
     where = f"{files.source}: the manifest"
-    manifest = json_object(files.read_json(blob_name(str(descriptor.get("digest")))), where)
+    digest = str(descriptor.get("digest"))
+    manifest = json_object(files.read_json(blob_name(digest, files.source)), where)
     config_digest = json_object(manifest.get("config"), f"{where}'s config").get("digest")
-    config, diff_ids = read_config(files, blob_name(str(config_digest)))
+    config, diff_ids = read_config(files, blob_name(str(config_digest), files.source))
     layers = manifest.get("layers")
     if not isinstance(layers, list) or not json_strings(diff_ids) or len(layers) != len(diff_ids):
         raise NixlayerError(f"{files.source}: the manifest's layers do not match the config's")
@@ -94,8 +98,8 @@ def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
             diff_id=diff_id,
             digest=str(layer.get("digest")),
             media_type=str(layer.get("mediaType", "")),
-            open=files.opener(blob_name(str(layer.get("digest")))),
-            blob_size=files.size(blob_name(str(layer.get("digest")))),
+            open=files.opener(blob_name(str(layer.get("digest")), files.source)),
+            blob_size=files.size(blob_name(str(layer.get("digest")), files.source)),
             history=history,
             source=files.source,
         )
@@ -253,13 +257,16 @@ def _remove(paths: list[Path]) -> None:
 def _start_layout(folder: Path) -> None:
     """A new layout, or one that is there already; never a folder with other things."""
     if folder.exists() and not folder.is_dir():
-        raise NixlayerError(f"-o {folder}: is a file; --format oci writes a folder")
+        raise NixlayerError(
+            f"-o {show_path(folder)}: {what_is(folder)}; --format oci writes a folder"
+        )
     if folder.is_dir() and any(folder.iterdir()) and not (folder / LAYOUT).is_file():
-        raise NixlayerError(f"-o {folder}: a folder that is not an OCI image layout")
+        raise NixlayerError(f"-o {show_path(folder)}: a folder that is not an OCI image layout")
     try:
         (folder / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise NixlayerError(f"-o {folder}: cannot create it: {error.strerror}") from None
+        why = missing_folder(folder) if error.errno == errno.ENOTDIR else error.strerror
+        raise NixlayerError(f"-o {show_path(folder)}: cannot create it: {why}") from None
     _existing_manifests(folder)  # a layout the image cannot be added to fails now
     if not (folder / LAYOUT).is_file():
         with pending_file(folder) as pending:
@@ -282,8 +289,10 @@ def _existing_manifests(folder: Path) -> list[dict[str, Any]]:
     try:
         index = json.loads(path.read_bytes())
     except (OSError, ValueError) as error:
-        raise NixlayerError(f"-o {folder}: cannot read {INDEX}: {error}") from None
-    return _manifests(index, f"-o {folder}: {INDEX}")
+        raise NixlayerError(
+            f"-o {show_path(folder)}: cannot read {INDEX}: {reason(error)}"
+        ) from None
+    return _manifests(index, f"-o {show_path(folder)}: {INDEX}")
 
 
 def _manifests(index: Any, where: str) -> list[dict[str, Any]]:
