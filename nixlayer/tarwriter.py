@@ -5,6 +5,11 @@ sha256 is computed while the bytes stream, so no layer is ever tarred twice to
 learn its size or digest. Headers are built here directly (USTAR, with PAX
 records only where a name, link target or size needs them), so that every byte
 is under our control: no uid, user name, host mtime or umask leaks in.
+
+A file is stored in full under each of its names, as Nix's own serialisation (the
+NAR) has it, never as a tar hard link to a twin: which files of a store share an
+inode depends on the machine (``nix-store --optimise``), and the image's bytes must
+depend on the closure alone.
 """
 
 from __future__ import annotations
@@ -14,16 +19,16 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import attrgetter
 from zlib import adler32
 
 from nixlayer.errors import NixlayerError
 from nixlayer.store import Entry, Kind, TreeFiles
 
-TAR_FORMAT = 1  # bump whenever the bytes written for the same entries change
+TAR_FORMAT = 2  # bump whenever the bytes written for the same entries change
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)
 _ZEROS = memoryview(END_OF_ARCHIVE)
@@ -38,7 +43,6 @@ MAX_OCTAL_ID = 0o7777777  # the largest uid or gid it can hold
 
 _TYPEFLAGS = {Kind.FILE: b"0", Kind.SYMLINK: b"2", Kind.DIRECTORY: b"5"}
 _FILE, _DIRECTORY = _TYPEFLAGS[Kind.FILE], _TYPEFLAGS[Kind.DIRECTORY]
-_HARDLINK = b"1"
 _PAX = b"x"
 _PAX_NAME = b"././@PaxHeader"
 
@@ -49,16 +53,14 @@ Emit = Callable[[bytes | memoryview], None]
 class LayerLayout:
     """Everything needed to stream a layer, and its exact size in bytes.
 
-    ``members`` are the entries in tar order. ``links`` maps the later names of a
-    hard-linked file to its first name in the layer: the tar stores those as links,
-    not second copies. ``extended`` names the few members whose header needs PAX
-    records, so that the others take the quick path without being tested again.
+    ``members`` are the entries in tar order. ``extended`` names the few members
+    whose header needs PAX records, so that the others take the quick path without
+    being tested again.
     """
 
     members: tuple[Entry, ...]
     size: int
     mtime: int
-    links: Mapping[bytes, bytes] = field(default_factory=dict)
     extended: frozenset[bytes] = frozenset()
 
 
@@ -222,10 +224,8 @@ def file_header(name: bytes, size: int, mtime: int, mode: int = 0o444) -> bytes:
     return header(name, mode, size, mtime, _TYPEFLAGS[Kind.FILE])
 
 
-def _member_fields(entry: Entry, links: Mapping[bytes, bytes]) -> tuple[bytes, bytes, int, bytes]:
+def _member_fields(entry: Entry) -> tuple[bytes, bytes, int, bytes]:
     """The member's name, typeflag, data size and link name, as its header gives them."""
-    if entry.inode is not None and entry.name in links:
-        return entry.name, _HARDLINK, 0, links[entry.name]
     kind = entry.kind
     if kind is Kind.FILE:
         return entry.name, _FILE, entry.size, entry.target
@@ -234,33 +234,19 @@ def _member_fields(entry: Entry, links: Mapping[bytes, bytes]) -> tuple[bytes, b
     return entry.name, _TYPEFLAGS[kind], 0, entry.target
 
 
-def _link_twins(entries: list[Entry]) -> dict[bytes, bytes]:
-    """Files sharing an inode inside the layer: the first name (in tar order) holds
-    the bytes, later names become hard links to it."""
-    first_name: dict[tuple[int, int], bytes] = {}
-    links = {}
-    for entry in entries:
-        if entry.inode is not None:
-            first = first_name.setdefault(entry.inode, entry.name)
-            if first != entry.name:
-                links[entry.name] = first
-    return links
-
-
 def lay_out(entries: Iterable[Entry], mtime: int) -> LayerLayout:
     """Plan a layer's tar from metadata alone: members sorted bytewise, exact size."""
     members = sorted(entries, key=attrgetter("name"))
-    links = _link_twins(members)
     size = len(END_OF_ARCHIVE)
     extended = []
     for entry in members:
-        name, _, data_size, linkname = _member_fields(entry, links)
+        name, _, data_size, linkname = _member_fields(entry)
         size += BLOCK + data_size + -data_size % BLOCK
         if not _plain(name, linkname, data_size, entry.owner):
             extended.append(entry.name)
             pax = _pax_records(name, linkname, data_size, entry.owner)
             size += BLOCK + len(pax) + -len(pax) % BLOCK if pax else 0
-    return LayerLayout(tuple(members), size, mtime, links, frozenset(extended))
+    return LayerLayout(tuple(members), size, mtime, frozenset(extended))
 
 
 def write_layer(
@@ -291,13 +277,13 @@ def write_layer(
         written += len(data)
         on_bytes(len(data))
 
-    mtime, links, extended = layout.mtime, layout.links, layout.extended
+    mtime, extended = layout.mtime, layout.extended
     threaded = WRITER_THREAD.get() and _large_data(layout) >= _THREADED_FROM
     walked = {e.disk_path for e in layout.members if e.kind is Kind.DIRECTORY}
     walked.discard(b"")
     with TreeFiles(walked) as files, _Buffers(hashed, write, threaded, files) as out:
         for entry in layout.members:
-            name, typeflag, size, linkname = _member_fields(entry, links)
+            name, typeflag, size, linkname = _member_fields(entry)
             if entry.name in extended:
                 head = header(name, entry.mode, size, mtime, typeflag, linkname, entry.owner)
             else:
@@ -326,7 +312,7 @@ def _large_data(layout: LayerLayout) -> int:
     return sum(
         entry.size
         for entry in layout.members
-        if entry.size >= READ_CHUNK and entry.kind is Kind.FILE and entry.name not in layout.links
+        if entry.size >= READ_CHUNK and entry.kind is Kind.FILE
     )
 
 
