@@ -404,10 +404,11 @@ class _Buffers:
             start += count
 
     def add_member(self, header: bytes, entry: Entry, size: int) -> None:
-        """A member's header, ``size`` bytes of data and padding. Most members fit in
-        what is left of the buffer, with a byte to spare (see ``add_file``): they take
-        one quick path."""
-        if not size:
+        """A member's header, ``size`` bytes of data and padding. A file is read even
+        when it was empty at layout, so that one that gained bytes since is caught as
+        any other file is. Most members fit in what is left of the buffer, with a byte
+        to spare (see ``add_file``): they take one quick path."""
+        if entry.kind is not Kind.FILE:
             self.add(header)
             return
         start = self._used + len(header)
@@ -421,10 +422,10 @@ class _Buffers:
         view = self._view
         fd = self._open(entry)
         try:
-            count = os.readv(fd, (view[start : end + 1],))
+            count = _read_into(fd, entry, view[start : end + 1])
             if count != size:
                 if count > size:
-                    raise NixlayerError(f"{_show(entry)}: the file grew while it was being read")
+                    raise _grew(entry)
                 # Short: the file shrank, or the system read it in parts; read the rest.
                 view[self._used : start] = header
                 self._used = start + count
@@ -438,12 +439,7 @@ class _Buffers:
         self._used = padded
 
     def add_file(self, entry: Entry) -> None:
-        """Exactly ``entry.size`` bytes.
-
-        Each read asks for one byte more than is left, where the buffer has room: a
-        file that grew fills it, and one that has not returns short (a regular file
-        reads short only at its end), which saves a read to see the end.
-        """
+        """Exactly ``entry.size`` bytes."""
         fd = self._open(entry)
         try:
             self._read(fd, entry, entry.size)
@@ -455,35 +451,59 @@ class _Buffers:
         since the walk (see ``TreeFiles``)."""
         try:
             return self._files.open(entry.disk_path)
-        except OSError as e:
-            if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise NixlayerError(
-                    f"{_show(entry)}: it or a folder on its way was replaced while it was "
-                    "being read (symlinks are never followed)"
-                ) from None
-            raise NixlayerError(f"{_show(entry)}: cannot read it: {e.strerror}") from None
+        except OSError as error:
+            raise _unreadable(entry, error) from None
 
     def _read(self, fd: int, entry: Entry, remaining: int) -> None:
-        """The ``remaining`` bytes of an open file, and a check that no more follow."""
-        if remaining:
-            while True:
-                if self._used == READ_CHUNK:
-                    self._hand_over()
-                used = self._used
-                wanted = min(remaining + 1, READ_CHUNK - used)
-                count = os.readv(fd, (self._view[used : used + wanted],))
-                if count > remaining:
-                    raise NixlayerError(f"{_show(entry)}: the file grew while it was being read")
-                if not count:
+        """The ``remaining`` bytes of an open file, and a check that no more follow.
+
+        Each read asks for one byte more than is left, where the buffer has room: a
+        file that grew fills it, and one that has not returns short (a regular file
+        reads short only at its end), which saves a read to see the end.
+        """
+        while True:
+            if self._used == READ_CHUNK:
+                self._hand_over()
+            used = self._used
+            wanted = min(remaining + 1, READ_CHUNK - used)
+            count = _read_into(fd, entry, self._view[used : used + wanted])
+            if count > remaining:
+                raise _grew(entry)
+            if not count:
+                if remaining:
                     raise NixlayerError(f"{_show(entry)}: the file shrank while it was being read")
-                self._used = used + count
-                remaining -= count
-                if not remaining:
-                    break
-            if count < wanted:  # a short read: the end of the file
                 return
-        if os.read(fd, 1):
-            raise NixlayerError(f"{_show(entry)}: the file grew while it was being read")
+            self._used = used + count
+            remaining -= count
+            if not remaining and count < wanted:  # a short read: the end of the file
+                return
+
+
+def _read_into(fd: int, entry: Entry, view: memoryview) -> int:
+    """``os.readv`` into one buffer, with errors that name the file."""
+    try:
+        return os.readv(fd, (view,))
+    except OSError as error:
+        raise _unreadable(entry, error) from None
+
+
+# What opening or reading a path listed as a regular file meets when something else
+# took its place since the walk: a symlink (O_NOFOLLOW), a file where a folder on its
+# way was, a folder, a socket or a device, or a pipe that a writer holds open.
+_REPLACED = {errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENXIO, errno.ENODEV, errno.EAGAIN}
+
+
+def _unreadable(entry: Entry, error: OSError) -> NixlayerError:
+    if error.errno in _REPLACED:
+        return NixlayerError(
+            f"{_show(entry)}: it or a folder on its way was replaced while it was being read "
+            "(symlinks are never followed)"
+        )
+    return NixlayerError(f"{_show(entry)}: cannot read it: {error.strerror}")
+
+
+def _grew(entry: Entry) -> NixlayerError:
+    return NixlayerError(f"{_show(entry)}: the file grew while it was being read")
 
 
 def _show(entry: Entry) -> str:

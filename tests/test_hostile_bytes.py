@@ -4,11 +4,19 @@ of what a tar header and an RFC 3339 string hold (issue 14, sections 3 and 4).""
 
 from __future__ import annotations
 
+import io
 import os
+import socket
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from consumers import FixtureStore, copy_fixture_store, run_ok
+
+from nixlayer.errors import NixlayerError
+from nixlayer.store import store_layer_entries
+from nixlayer.tarwriter import READ_CHUNK, lay_out, write_layer
 
 # --- hard-linked twins ----------------------------------------------------------------
 
@@ -43,3 +51,67 @@ def test_hard_linked_twins_give_the_same_image_as_separate_files(
             for label, store in (("optimised", fixture_store), ("separate", plain))
         )
         assert optimised == separate, f"different images with {options or 'default layers'}"
+
+
+# --- files that change between the layout and the read --------------------------------
+
+
+def _socket_at(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as server:
+        short = Path(tempfile.mkdtemp(dir="/tmp"), "s")  # a socket's path has 107 bytes at most
+        server.bind(str(short))
+        short.rename(path)
+        short.parent.rmdir()
+
+
+def _replaced(make: Callable[[Path], None]) -> Callable[[Path], None]:
+    def change(path: Path) -> None:
+        path.unlink()
+        make(path)
+
+    return change
+
+
+# What happens to the file after the layer was laid out; a pipe or a shrink needs bytes
+# to lose (an empty file that became an empty pipe reads as the empty file it was).
+_CHANGES: dict[str, tuple[Callable[[Path], None], bool]] = {
+    "grows": (lambda path: path.open("ab").write(b"+") and None, True),
+    "shrinks": (lambda path: os.truncate(path, path.stat().st_size - 1), False),
+    "becomes a folder": (_replaced(Path.mkdir), True),
+    "becomes a socket": (_replaced(_socket_at), True),
+    "becomes a pipe": (_replaced(os.mkfifo), False),
+}
+
+
+def _error_after(folder: Path, size: int, change: Callable[[Path], None]) -> str:
+    """The error of a layer whose one file of ``size`` bytes changed after its layout,
+    with the file's path replaced by ``FILE``."""
+    store_path = f"/nix/store/{'7' * 32}-changing"
+    top = folder / "root" / store_path.lstrip("/")
+    top.mkdir(parents=True)
+    (top / "file").write_bytes(b"x" * size)
+    layout = lay_out(
+        store_layer_entries(os.fsencode(folder / "root"), "/nix/store", [store_path]), 1
+    )
+    change(top / "file")
+    with pytest.raises(NixlayerError) as caught:
+        write_layer(layout, io.BytesIO().write)
+    return str(caught.value).replace(str(top / "file"), "FILE")
+
+
+def test_a_file_changed_since_the_layout_is_the_same_error_whatever_its_size(
+    tmp_path: Path,
+) -> None:
+    """Empty, small (read in one go with its header) or larger than a buffer: a file
+    that grew, shrank or was replaced since the layer was laid out stops the layer
+    with one message naming it. An empty file that gained bytes used to be stored
+    empty, and a file replaced by a folder ended in a bare OSError."""
+    sizes = (0, 100, READ_CHUNK + 100)
+    for name, (change, empty_too) in _CHANGES.items():
+        messages = {
+            _error_after(tmp_path / f"{name}-{size}", size, change)
+            for size in sizes
+            if size or empty_too
+        }
+        assert len(messages) == 1, f"a file that {name}: {messages}"
+        assert next(iter(messages)).startswith("FILE: "), messages
