@@ -12,7 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from consumers import FixtureStore, copy_fixture_store, run_ok
+from consumers import (
+    FixtureStore,
+    Tools,
+    copy_fixture_store,
+    layer_members,
+    read_docker_archive,
+    run_nixlayer,
+    run_ok,
+    skopeo_inspect_config,
+)
+from test_hostile import Store, _input_error
+from test_settings import _attrs_file
 
 from nixlayer.errors import NixlayerError
 from nixlayer.store import store_layer_entries
@@ -115,3 +126,101 @@ def test_a_file_changed_since_the_layout_is_the_same_error_whatever_its_size(
         }
         assert len(messages) == 1, f"a file that {name}: {messages}"
         assert next(iter(messages)).startswith("FILE: "), messages
+
+
+# --- times ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    store = Store(tmp_path / "store")
+    top = store.add("app", "1")
+    top.mkdir()
+    (top / "data").write_bytes(b"data")
+    return store
+
+
+@pytest.mark.parametrize(
+    "value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "0000-12-31T23:59:59Z"]
+)
+def test_created_out_of_range_in_utc_is_refused(store: Store, tmp_path: Path, value: str) -> None:
+    out = tmp_path / "image.tar"
+    _input_error(store.build(out, "--created", value), f"--created {value}: out of range")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ("0001-01-01T01:00:00+01:00", "0001-01-01T00:00:00Z"),  # strftime wrote "1-01-01…"
+        ("0999-12-31t23:59:59.75z", "0999-12-31T23:59:59Z"),  # RFC 3339 is case-insensitive
+    ],
+)
+def test_created_at_the_edges_is_written_as_rfc_3339(
+    store: Store, tmp_path: Path, tools: Tools, value: str, written: str
+) -> None:
+    out = tmp_path / "image.tar"
+    assert store.build(out, "--created", value).returncode == 0
+    config = skopeo_inspect_config(out, tools.skopeo)
+    assert [config["created"], *(h["created"] for h in config["history"])] == [written] * 2
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "2024-W01-1T00:00:00Z",
+        "2024-01-01T00:00Z",
+        "20240101T000000Z",
+        "2024-01-01T00:00:00+01:00:30",
+    ],
+)
+def test_created_that_is_not_rfc_3339_is_refused(store: Store, tmp_path: Path, value: str) -> None:
+    """Forms Python's fromisoformat takes (ISO 8601's week dates, basic format, no
+    seconds, an offset with seconds), and an empty value, which meant the default."""
+    out = tmp_path / "image.tar"
+    _input_error(store.build(out, "--created", value), f"--created {value}: not an RFC 3339 time")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["", "0001-01-01T00:00:00+01:00"])
+def test_created_from_the_settings_is_checked_like_the_flag(
+    fixture_store: FixtureStore, tmp_path: Path, value: str
+) -> None:
+    attrs = _attrs_file(fixture_store, tmp_path, {"created": value})
+    out = tmp_path / "image.tar"
+    result = run_nixlayer(
+        "from-closure", attrs, "--attrs-key", "closure", "--settings-from-attrs",
+        "--store-root", fixture_store.root, "-o", out,
+    )  # fmt: skip
+    _input_error(result, f"--created {value}: ")
+    assert not out.exists()
+
+
+# 1700000000 in Arabic-Indic and in fullwidth digits; a superscript two.
+_OTHER_DIGITS = ["\u0661\u0667" + "\u0660" * 8, "\uff11\uff17" + "\uff10" * 8, "\u00b2"]
+
+
+@pytest.mark.parametrize("value", _OTHER_DIGITS)
+def test_source_date_epoch_in_other_digits_is_refused(
+    store: Store, tmp_path: Path, value: str
+) -> None:
+    """The convention asks for ASCII digits; Python's int() reads Arabic-Indic and
+    fullwidth digits, and isdigit() passes superscripts that int() then refuses."""
+    out = tmp_path / "image.tar"
+    result = store.build(out, prefix=("env", f"SOURCE_DATE_EPOCH={value}"))
+    _input_error(result, f"SOURCE_DATE_EPOCH={value}: ", "ASCII digits")
+    assert not out.exists()
+
+
+def test_source_date_epoch_0_is_time_0(store: Store, tmp_path: Path) -> None:
+    """Not "unset": the config's times and every member's mtime, in the archive and
+    in each layer, are 0."""
+    out = tmp_path / "image.tar"
+    assert store.build(out, prefix=("env", "SOURCE_DATE_EPOCH=0")).returncode == 0
+    archive = read_docker_archive(out.read_bytes())
+    created = [archive.config["created"], *(h["created"] for h in archive.config["history"])]
+    assert set(created) == {"1970-01-01T00:00:00Z"}
+    mtimes = {m.mtime for m in layer_members(out.read_bytes())}
+    mtimes |= {m.mtime for layer in archive.layers for m in layer_members(layer)}
+    assert mtimes == {0}
