@@ -296,7 +296,7 @@ def test_random_trees_round_trip_through_the_tar_writer(top: Any) -> None:
 @given(top=_TREES)
 def test_random_trees_unpack_with_umoci(top: Tree, tools: Tools, tmp_path: Path) -> None:
     """A few trees through the CLI, skopeo and umoci: the unpacked tree is the store,
-    byte for byte, mode for mode (hard links may come back as one inode or two)."""
+    byte for byte, mode for mode (a hard-linked twin comes back as a file of its own)."""
     assume(top)
     with _store_of(top) as (root, path):
         workdir = Path(tempfile.mkdtemp(dir=tmp_path))
