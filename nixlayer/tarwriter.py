@@ -425,7 +425,7 @@ class _Buffers:
             count = _read_into(fd, entry, view[start : end + 1])
             if count != size:
                 if count > size:
-                    raise _grew(entry)
+                    raise _changed(entry, "grew")
                 # Short: the file shrank, or the system read it in parts; read the rest.
                 view[self._used : start] = header
                 self._used = start + count
@@ -468,10 +468,10 @@ class _Buffers:
             wanted = min(remaining + 1, READ_CHUNK - used)
             count = _read_into(fd, entry, self._view[used : used + wanted])
             if count > remaining:
-                raise _grew(entry)
+                raise _changed(entry, "grew")
             if not count:
                 if remaining:
-                    raise NixlayerError(f"{_show(entry)}: the file shrank while it was being read")
+                    raise _changed(entry, "shrank")
                 return
             self._used = used + count
             remaining -= count
@@ -502,8 +502,9 @@ def _unreadable(entry: Entry, error: OSError) -> NixlayerError:
     return NixlayerError(f"{_show(entry)}: cannot read it: {error.strerror}")
 
 
-def _grew(entry: Entry) -> NixlayerError:
-    return NixlayerError(f"{_show(entry)}: the file grew while it was being read")
+def _changed(entry: Entry, how: str) -> NixlayerError:
+    """A file whose size is not the one its layout announced, at whatever size."""
+    return NixlayerError(f"{_show(entry)}: the file {how} while it was being read")
 
 
 def _show(entry: Entry) -> str:
