@@ -26,6 +26,7 @@ from test_hostile import Store, _input_error
 from test_settings import _attrs_file
 
 from nixlayer.errors import NixlayerError
+from nixlayer.image import parse_created
 from nixlayer.store import store_layer_entries
 from nixlayer.tarwriter import READ_CHUNK, lay_out, write_layer
 
@@ -168,18 +169,22 @@ def test_created_at_the_edges_is_written_as_rfc_3339(
 @pytest.mark.parametrize(
     "value",
     [
-        "",
         "2024-W01-1T00:00:00Z",
         "2024-01-01T00:00Z",
         "20240101T000000Z",
         "2024-01-01T00:00:00+01:00:30",
     ],
 )
-def test_created_that_is_not_rfc_3339_is_refused(store: Store, tmp_path: Path, value: str) -> None:
-    """Forms Python's fromisoformat takes (ISO 8601's week dates, basic format, no
-    seconds, an offset with seconds), and an empty value, which meant the default."""
+def test_created_that_is_not_rfc_3339_is_refused(value: str) -> None:
+    """Forms Python's fromisoformat takes: ISO 8601's week dates, no seconds, its basic
+    format, an offset with seconds."""
+    with pytest.raises(NixlayerError, match="not an RFC 3339 time"):
+        parse_created(value)
+
+
+def test_an_empty_created_is_refused_not_taken_for_unset(store: Store, tmp_path: Path) -> None:
     out = tmp_path / "image.tar"
-    _input_error(store.build(out, "--created", value), f"--created {value}: not an RFC 3339 time")
+    _input_error(store.build(out, "--created", ""), "--created : not an RFC 3339 time")
     assert not out.exists()
 
 
