@@ -33,7 +33,9 @@ from nixlayer.tarwriter import READ_CHUNK, lay_out, write_layer
 # --- hard-linked twins ----------------------------------------------------------------
 
 
-def _image_bytes(store: FixtureStore, out: Path, image_format: str, *options: str) -> dict:
+def _image_bytes(
+    store: FixtureStore, out: Path, image_format: str, *options: str
+) -> dict[str, bytes]:
     """Every file of the image (one, or a layout folder's) by its path under ``out``."""
     run_ok(
         "from-closure", store.closure_file, "--store-root", store.root, "-o", out,
@@ -68,6 +70,11 @@ def test_hard_linked_twins_give_the_same_image_as_separate_files(
 # --- files that change between the layout and the read --------------------------------
 
 
+def _grow(path: Path) -> None:
+    with path.open("ab") as file:
+        file.write(b"+")
+
+
 def _socket_at(path: Path) -> None:
     with socket.socket(socket.AF_UNIX) as server:
         short = Path(tempfile.mkdtemp(dir="/tmp"), "s")  # a socket's path has 107 bytes at most
@@ -87,7 +94,7 @@ def _replaced(make: Callable[[Path], None]) -> Callable[[Path], None]:
 # What happens to the file after the layer was laid out; a pipe or a shrink needs bytes
 # to lose (an empty file that became an empty pipe reads as the empty file it was).
 _CHANGES: dict[str, tuple[Callable[[Path], None], bool]] = {
-    "grows": (lambda path: path.open("ab").write(b"+") and None, True),
+    "grows": (_grow, True),
     "shrinks": (lambda path: os.truncate(path, path.stat().st_size - 1), False),
     "becomes a folder": (_replaced(Path.mkdir), True),
     "becomes a socket": (_replaced(_socket_at), True),
