@@ -114,6 +114,7 @@ def image_settings(
 ) -> ImageSettings:
     """Name, tag, platform and times, with ``SOURCE_DATE_EPOCH`` where none is given."""
     epoch = source_date_epoch(dict(environ))
+    default_time = DEFAULT_MTIME if epoch is None else epoch  # 0 is a time, not "unset"
     if identity.mtime is not None and not 0 <= identity.mtime <= MAX_TIMESTAMP:
         raise NixlayerError(f"--mtime {identity.mtime}: must be from 0 to {MAX_TIMESTAMP}")
     name, tag = parse_name(identity.name) if identity.name else (default_name(roots), None)
@@ -127,10 +128,10 @@ def image_settings(
         tag=parse_tag(identity.tag) if identity.tag else tag,
         architecture=architecture,
         variant=variant,
-        created=parse_created(identity.created)
-        if identity.created
-        else timestamp(epoch or DEFAULT_MTIME),
-        mtime=identity.mtime if identity.mtime is not None else (epoch or DEFAULT_MTIME),
+        created=timestamp(default_time)
+        if identity.created is None
+        else parse_created(identity.created),
+        mtime=default_time if identity.mtime is None else identity.mtime,
     )
 
 

@@ -13,7 +13,7 @@ import platform
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from nixlayer.errors import NixlayerError
@@ -46,6 +46,13 @@ _NAME = re.compile(
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
 )
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+# RFC 3339's date-time (its ABNF is case-insensitive; section 5.6 allows a space for
+# the T), in ASCII digits; fractions of a second are dropped.
+_RFC3339 = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+)
+_EPOCH = re.compile(r"-?[0-9]+")  # an integer in ASCII digits, as `date +%s` prints it
 
 
 @dataclass(frozen=True)
@@ -148,10 +155,12 @@ def default_name(roots: Sequence[str]) -> str:
 
 
 def timestamp(moment: int | datetime) -> str:
-    """RFC 3339 in UTC, to the second, as image configs carry it."""
+    """RFC 3339 in UTC, to the second, as image configs carry it: the year always has
+    four digits (``strftime("%Y")`` writes year 1 as ``1``, which no parser reads)."""
     if isinstance(moment, int):
         moment = datetime.fromtimestamp(moment, timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    utc = moment.astimezone(timezone.utc).replace(tzinfo=None, microsecond=0)
+    return utc.isoformat() + "Z"
 
 
 def canonical_json(value: Any) -> bytes:
@@ -215,23 +224,57 @@ def content_tag(config: bytes) -> str:
 
 
 def parse_created(value: str) -> str:
-    """``--created``: RFC 3339 (normalised to UTC) or ``now``."""
+    """``--created``: RFC 3339 (normalised to UTC) or ``now``.
+
+    Parsed here rather than by ``datetime.fromisoformat``, which takes other ISO 8601
+    forms (week dates, no seconds, offsets with seconds) in one Python and not in
+    another. The time must fall in years 0001 to 9999 both as written and in UTC,
+    the years an RFC 3339 string and Python's datetime can hold.
+    """
     if value == "now":
         return timestamp(datetime.now(timezone.utc))
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        if _RFC3339.fullmatch(value + "Z"):
+            raise NixlayerError(f"--created {value}: give a time zone, e.g. Z or +02:00")
+        raise NixlayerError(
+            f"--created {value}: not an RFC 3339 time (like 2024-05-01T12:00:00Z) or 'now'"
+        )
+    *fields, sign, hours, minutes = match.groups()
+    year, month, day, hour, minute, second = map(int, fields)
+    out_of_range = NixlayerError(
+        f"--created {value}: out of range: must be from 0001-01-01T00:00:00Z "
+        "to 9999-12-31T23:59:59Z"
+    )
+    if not year:
+        raise out_of_range
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise NixlayerError(f"--created {value}: not an RFC 3339 time or 'now'") from None
-    if moment.tzinfo is None:
-        raise NixlayerError(f"--created {value}: give a time zone, e.g. Z or +02:00")
-    return timestamp(moment)
+        if sign and (int(hours) > 23 or int(minutes) > 59):
+            raise ValueError("the offset must be from -23:59 to +23:59")
+        offset = timedelta(hours=int(hours), minutes=int(minutes)) if sign else timedelta()
+        zone = timezone(-offset if sign == "-" else offset)
+        moment = datetime(year, month, day, hour, minute, second, tzinfo=zone)
+    except ValueError as error:
+        raise NixlayerError(f"--created {value}: not a valid time: {error}") from None
+    try:
+        return timestamp(moment)
+    except OverflowError:
+        raise out_of_range from None
 
 
 def source_date_epoch(environ: dict[str, str]) -> int | None:
-    """``SOURCE_DATE_EPOCH`` from the environment, the reproducible-builds convention."""
+    """``SOURCE_DATE_EPOCH`` from the environment, the reproducible-builds convention:
+    an integer in ASCII digits (Python's ``int`` also takes other scripts' digits, which
+    the convention does not), and 0 is a time like any other."""
     value = environ.get("SOURCE_DATE_EPOCH")
     if value is None:
         return None
-    if not value.isdigit() or int(value) > MAX_TIMESTAMP:
-        raise NixlayerError(f"SOURCE_DATE_EPOCH={value}: not a number of seconds since 1970")
+    if not _EPOCH.fullmatch(value):
+        raise NixlayerError(
+            f"SOURCE_DATE_EPOCH={value}: not a number of seconds since 1970 in ASCII "
+            "digits, as `date +%s` prints it"
+        )
+    # (more digits than the largest would have: out of range, and too long for int())
+    if len(value) > len(str(MAX_TIMESTAMP)) or not 0 <= int(value) <= MAX_TIMESTAMP:
+        raise NixlayerError(f"SOURCE_DATE_EPOCH={value}: must be from 0 to {MAX_TIMESTAMP}")
     return int(value)

@@ -34,9 +34,8 @@ class Entry(NamedTuple):
     """One file, directory or symlink of a store path.
 
     ``name`` is the archive name without a leading slash (``nix/store/<base>/…``);
-    ``disk_path`` is where it is read from; ``inode`` is set for files with more
-    than one hard link, so that twins inside one layer can be stored once. Store
-    entries belong to root; only entries the user asks for get another ``owner``.
+    ``disk_path`` is where it is read from. Store entries belong to root; only
+    entries the user asks for get another ``owner``.
 
     A named tuple rather than a frozen dataclass: a store of a million files makes a
     million entries, and a tuple is made in a fifth of the time.
@@ -48,7 +47,6 @@ class Entry(NamedTuple):
     size: int = 0
     target: bytes = b""
     disk_path: bytes = b""
-    inode: tuple[int, int] | None = None
     owner: tuple[int, int] = (0, 0)
 
 
@@ -72,8 +70,7 @@ def _entry(name: bytes, disk_path: bytes, st: os.stat_result) -> Entry:
         return _symlink(name, disk_path)
     if stat.S_ISREG(st.st_mode):
         mode = EXECUTABLE_MODE if st.st_mode & stat.S_IXUSR else FILE_MODE  # as Nix decides
-        inode = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
-        return Entry(name, Kind.FILE, mode, st.st_size, disk_path=disk_path, inode=inode)
+        return Entry(name, Kind.FILE, mode, st.st_size, disk_path=disk_path)
     raise NixlayerError(
         f"{show_path(disk_path)}: {kind_of(st.st_mode)}; an image can hold only files, "
         "folders and symlinks, not this special file"

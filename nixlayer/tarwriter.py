@@ -5,6 +5,11 @@ sha256 is computed while the bytes stream, so no layer is ever tarred twice to
 learn its size or digest. Headers are built here directly (USTAR, with PAX
 records only where a name, link target or size needs them), so that every byte
 is under our control: no uid, user name, host mtime or umask leaks in.
+
+A file is stored in full under each of its names, as Nix's own serialisation (the
+NAR) has it, never as a tar hard link to a twin: which files of a store share an
+inode depends on the machine (``nix-store --optimise``), and the image's bytes must
+depend on the closure alone.
 """
 
 from __future__ import annotations
@@ -14,16 +19,16 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import attrgetter
 from zlib import adler32
 
 from nixlayer.errors import NixlayerError, show_path
 from nixlayer.store import Entry, Kind, TreeFiles
 
-TAR_FORMAT = 1  # bump whenever the bytes written for the same entries change
+TAR_FORMAT = 2  # bump whenever the bytes written for the same entries change
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)
 _ZEROS = memoryview(END_OF_ARCHIVE)
@@ -38,7 +43,6 @@ MAX_OCTAL_ID = 0o7777777  # the largest uid or gid it can hold
 
 _TYPEFLAGS = {Kind.FILE: b"0", Kind.SYMLINK: b"2", Kind.DIRECTORY: b"5"}
 _FILE, _DIRECTORY = _TYPEFLAGS[Kind.FILE], _TYPEFLAGS[Kind.DIRECTORY]
-_HARDLINK = b"1"
 _PAX = b"x"
 _PAX_NAME = b"././@PaxHeader"
 
@@ -49,16 +53,14 @@ Emit = Callable[[bytes | memoryview], None]
 class LayerLayout:
     """Everything needed to stream a layer, and its exact size in bytes.
 
-    ``members`` are the entries in tar order. ``links`` maps the later names of a
-    hard-linked file to its first name in the layer: the tar stores those as links,
-    not second copies. ``extended`` names the few members whose header needs PAX
-    records, so that the others take the quick path without being tested again.
+    ``members`` are the entries in tar order. ``extended`` names the few members
+    whose header needs PAX records, so that the others take the quick path without
+    being tested again.
     """
 
     members: tuple[Entry, ...]
     size: int
     mtime: int
-    links: Mapping[bytes, bytes] = field(default_factory=dict)
     extended: frozenset[bytes] = frozenset()
 
 
@@ -222,10 +224,8 @@ def file_header(name: bytes, size: int, mtime: int, mode: int = 0o444) -> bytes:
     return header(name, mode, size, mtime, _TYPEFLAGS[Kind.FILE])
 
 
-def _member_fields(entry: Entry, links: Mapping[bytes, bytes]) -> tuple[bytes, bytes, int, bytes]:
+def _member_fields(entry: Entry) -> tuple[bytes, bytes, int, bytes]:
     """The member's name, typeflag, data size and link name, as its header gives them."""
-    if entry.inode is not None and entry.name in links:
-        return entry.name, _HARDLINK, 0, links[entry.name]
     kind = entry.kind
     if kind is Kind.FILE:
         return entry.name, _FILE, entry.size, entry.target
@@ -234,33 +234,19 @@ def _member_fields(entry: Entry, links: Mapping[bytes, bytes]) -> tuple[bytes, b
     return entry.name, _TYPEFLAGS[kind], 0, entry.target
 
 
-def _link_twins(entries: list[Entry]) -> dict[bytes, bytes]:
-    """Files sharing an inode inside the layer: the first name (in tar order) holds
-    the bytes, later names become hard links to it."""
-    first_name: dict[tuple[int, int], bytes] = {}
-    links = {}
-    for entry in entries:
-        if entry.inode is not None:
-            first = first_name.setdefault(entry.inode, entry.name)
-            if first != entry.name:
-                links[entry.name] = first
-    return links
-
-
 def lay_out(entries: Iterable[Entry], mtime: int) -> LayerLayout:
     """Plan a layer's tar from metadata alone: members sorted bytewise, exact size."""
     members = sorted(entries, key=attrgetter("name"))
-    links = _link_twins(members)
     size = len(END_OF_ARCHIVE)
     extended = []
     for entry in members:
-        name, _, data_size, linkname = _member_fields(entry, links)
+        name, _, data_size, linkname = _member_fields(entry)
         size += BLOCK + data_size + -data_size % BLOCK
         if not _plain(name, linkname, data_size, entry.owner):
             extended.append(entry.name)
             pax = _pax_records(name, linkname, data_size, entry.owner)
             size += BLOCK + len(pax) + -len(pax) % BLOCK if pax else 0
-    return LayerLayout(tuple(members), size, mtime, links, frozenset(extended))
+    return LayerLayout(tuple(members), size, mtime, frozenset(extended))
 
 
 def write_layer(
@@ -291,13 +277,13 @@ def write_layer(
         written += len(data)
         on_bytes(len(data))
 
-    mtime, links, extended = layout.mtime, layout.links, layout.extended
+    mtime, extended = layout.mtime, layout.extended
     threaded = WRITER_THREAD.get() and _large_data(layout) >= _THREADED_FROM
     walked = {e.disk_path for e in layout.members if e.kind is Kind.DIRECTORY}
     walked.discard(b"")
     with TreeFiles(walked) as files, _Buffers(hashed, write, threaded, files) as out:
         for entry in layout.members:
-            name, typeflag, size, linkname = _member_fields(entry, links)
+            name, typeflag, size, linkname = _member_fields(entry)
             if entry.name in extended:
                 head = header(name, entry.mode, size, mtime, typeflag, linkname, entry.owner)
             else:
@@ -326,7 +312,7 @@ def _large_data(layout: LayerLayout) -> int:
     return sum(
         entry.size
         for entry in layout.members
-        if entry.size >= READ_CHUNK and entry.kind is Kind.FILE and entry.name not in layout.links
+        if entry.size >= READ_CHUNK and entry.kind is Kind.FILE
     )
 
 
@@ -418,10 +404,11 @@ class _Buffers:
             start += count
 
     def add_member(self, header: bytes, entry: Entry, size: int) -> None:
-        """A member's header, ``size`` bytes of data and padding. Most members fit in
-        what is left of the buffer, with a byte to spare (see ``add_file``): they take
-        one quick path."""
-        if not size:
+        """A member's header, ``size`` bytes of data and padding. A file is read even
+        when it was empty at layout, so that one that gained bytes since is caught as
+        any other file is. Most members fit in what is left of the buffer, with a byte
+        to spare (see ``add_file``): they take one quick path."""
+        if entry.kind is not Kind.FILE:
             self.add(header)
             return
         start = self._used + len(header)
@@ -435,10 +422,10 @@ class _Buffers:
         view = self._view
         fd = self._open(entry)
         try:
-            count = _readv(fd, view[start : end + 1], entry)
+            count = _read_into(fd, entry, view[start : end + 1])
             if count != size:
                 if count > size:
-                    raise NixlayerError(f"{_show(entry)}: the file grew while it was being read")
+                    raise _changed(entry, "grew")
                 # Short: the file shrank, or the system read it in parts; read the rest.
                 view[self._used : start] = header
                 self._used = start + count
@@ -452,12 +439,7 @@ class _Buffers:
         self._used = padded
 
     def add_file(self, entry: Entry) -> None:
-        """Exactly ``entry.size`` bytes.
-
-        Each read asks for one byte more than is left, where the buffer has room: a
-        file that grew fills it, and one that has not returns short (a regular file
-        reads short only at its end), which saves a read to see the end.
-        """
+        """Exactly ``entry.size`` bytes."""
         fd = self._open(entry)
         try:
             self._read(fd, entry, entry.size)
@@ -469,51 +451,60 @@ class _Buffers:
         since the walk (see ``TreeFiles``)."""
         try:
             return self._files.open(entry.disk_path)
-        except OSError as e:
-            raise _unreadable(entry, e) from None
+        except OSError as error:
+            raise _unreadable(entry, error) from None
 
     def _read(self, fd: int, entry: Entry, remaining: int) -> None:
-        """The ``remaining`` bytes of an open file, and a check that no more follow."""
-        if remaining:
-            while True:
-                if self._used == READ_CHUNK:
-                    self._hand_over()
-                used = self._used
-                wanted = min(remaining + 1, READ_CHUNK - used)
-                count = _readv(fd, self._view[used : used + wanted], entry)
-                if count > remaining:
-                    raise NixlayerError(f"{_show(entry)}: the file grew while it was being read")
-                if not count:
-                    raise NixlayerError(f"{_show(entry)}: the file shrank while it was being read")
-                self._used = used + count
-                remaining -= count
-                if not remaining:
-                    break
-            if count < wanted:  # a short read: the end of the file
+        """The ``remaining`` bytes of an open file, and a check that no more follow.
+
+        Each read asks for one byte more than is left, where the buffer has room: a
+        file that grew fills it, and one that has not returns short (a regular file
+        reads short only at its end), which saves a read to see the end.
+        """
+        while True:
+            if self._used == READ_CHUNK:
+                self._hand_over()
+            used = self._used
+            wanted = min(remaining + 1, READ_CHUNK - used)
+            count = _read_into(fd, entry, self._view[used : used + wanted])
+            if count > remaining:
+                raise _changed(entry, "grew")
+            if not count:
+                if remaining:
+                    raise _changed(entry, "shrank")
                 return
-        if _readv(fd, bytearray(1), entry):
-            raise NixlayerError(f"{_show(entry)}: the file grew while it was being read")
+            self._used = used + count
+            remaining -= count
+            if not remaining and count < wanted:  # a short read: the end of the file
+                return
 
 
-def _readv(fd: int, buffer: memoryview | bytearray, entry: Entry) -> int:
-    """``os.readv`` into one buffer; an error names the file (the output is written
-    between reads, so the error must be told apart here)."""
+def _read_into(fd: int, entry: Entry, view: memoryview) -> int:
+    """``os.readv`` into one buffer, with errors that name the file."""
     try:
-        return os.readv(fd, (buffer,))
-    except OSError as e:
-        raise _unreadable(entry, e) from None
+        return os.readv(fd, (view,))
+    except OSError as error:
+        raise _unreadable(entry, error) from None
+
+
+# What opening or reading a path listed as a regular file meets when something else
+# took its place since the walk: a symlink (O_NOFOLLOW), a file where a folder on its
+# way was, a folder, a socket or a device, or a pipe that a writer holds open.
+_REPLACED = {errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.ENXIO, errno.ENODEV, errno.EAGAIN}
 
 
 def _unreadable(entry: Entry, error: OSError) -> NixlayerError:
-    """Why a file of the layer cannot be read. One swapped since the walk for a symlink
-    (O_NOFOLLOW: ELOOP), for a folder (which opens, and reads as EISDIR), or below a
-    folder swapped for a symlink (ENOTDIR) is said to be so."""
-    if error.errno in (errno.ELOOP, errno.ENOTDIR, errno.EISDIR):
+    if error.errno in _REPLACED:
         return NixlayerError(
-            f"{_show(entry)}: it or a folder on its way was replaced while it was "
-            "being read (symlinks are never followed)"
+            f"{_show(entry)}: it or a folder on its way was replaced while it was being read "
+            "(symlinks are never followed)"
         )
     return NixlayerError(f"{_show(entry)}: cannot read it: {error.strerror}")
+
+
+def _changed(entry: Entry, how: str) -> NixlayerError:
+    """A file whose size is not the one its layout announced, at whatever size."""
+    return NixlayerError(f"{_show(entry)}: the file {how} while it was being read")
 
 
 def _show(entry: Entry) -> str:
