@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -21,7 +20,7 @@ from nixlayer.formats.oci import (
     write_oci_layout,
 )
 from nixlayer.image import ImageSpec, SourceImage
-from nixlayer.output import STDOUT, atomic_output, in_nix_build, refuse_existing
+from nixlayer.output import STDOUT, atomic_output, destination_of, refuse_existing, scratch_parent
 
 FORMATS = ("docker-archive", "oci", "oci-archive")
 DEFAULT_COMPRESSION = {"docker-archive": "none", "oci": "gzip", "oci-archive": "gzip"}
@@ -78,18 +77,21 @@ def write_image(
     if image_format not in FORMATS:
         raise NixlayerError(f"--format {image_format}: expected one of {', '.join(FORMATS)}")
     if image_format == "oci":
-        if output == STDOUT:
-            raise NixlayerError("-o -: --format oci writes a folder; use oci-archive to stream")
-        if not clobber and os.path.lexists(os.path.join(output, INDEX)):
+        target = destination_of(output) if output != STDOUT else None
+        if target is None or target.stream:
+            raise NixlayerError(
+                f"-o {output}: --format oci writes a folder; use oci-archive to stream"
+            )
+        if not clobber and os.path.lexists(os.path.join(target.path, INDEX)):
             raise refuse_existing(output)
-        written = write_oci_layout(spec, Path(output), compression, cache, on_bytes, on_layer)
+        folder = Path(target.path)  # a symlink stays: the folder it leads to gets the layout
+        written = write_oci_layout(spec, folder, compression, cache, on_bytes, on_layer)
         reused = sum(written.reused)
         return f"{written.ref} to {output} ({len(written.layers)} layers, {reused} reused)"
     with atomic_output(output, clobber=clobber) as out:
         if image_format == "oci-archive":
-            beside = output != STDOUT and not in_nix_build()
-            scratch = os.path.dirname(os.path.abspath(output)) if beside else tempfile.gettempdir()
-            layout = write_oci_archive(spec, out, compression, Path(scratch), on_bytes, on_layer)
+            scratch = Path(scratch_parent(output))
+            layout = write_oci_archive(spec, out, compression, scratch, on_bytes, on_layer)
             return f"{layout.ref} to {output} ({len(layout.layers)} layers)"
         stream = cast(BinaryIO, CompressedStream(out, compression)) if compression else out
         ref = write_docker_archive(spec, stream, on_bytes, on_layer)
