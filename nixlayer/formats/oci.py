@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from nixlayer.blobs import read_blob
 from nixlayer.cache import CachedLayer, LayerCache, layer_key
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
@@ -133,6 +132,7 @@ def is_layout_file(value: Any) -> bool:
 
 
 _LAYOUT_FILE_MAX = 1024  # the file is 30 bytes; nothing past this is read
+_CHUNK = 1 << 20
 
 
 @dataclass
@@ -154,19 +154,23 @@ class _Layout:
         """Whether the blob is there intact: a regular file of ``size`` bytes that
         hashes to ``digest``. One damaged on disk is made again, or the build would end
         with an image its own ``verify`` rejects; hashing it costs a small part of
-        making it (the store read, the tar and the compression)."""
+        making it (the store read, the tar and the compression).
+        (``blobs.read_blob`` is five times slower: it follows a tar's zero blocks.)"""
         try:
             fd = os.open(self.blob(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return False
+        hashed = hashlib.sha256()
         with open(fd, "rb") as file:
             found = os.fstat(fd)
             if not stat.S_ISREG(found.st_mode) or found.st_size != size:
                 return False
             try:
-                return read_blob(lambda: file).digest == digest
+                while chunk := file.read(_CHUNK):
+                    hashed.update(chunk)
             except OSError:
                 return False
+        return f"sha256:{hashed.hexdigest()}" == digest
 
     def publish(self, pending: PendingFile, digest: str) -> None:
         """Under a name not taken yet the blob is this run's (``added``); a name that
