@@ -273,6 +273,23 @@ def test_a_damaged_blob_is_made_again(tmp_path: Path, damaged: str) -> None:
     assert report.ok, format_report(report)
 
 
+def test_a_damaged_cache_entry_names_no_layer(tmp_path: Path) -> None:
+    """One hex digit of a cached diff_id changed (still a digest), its blob intact in
+    the layout: the entry is ignored, not trusted into the config."""
+    store = _small_store(tmp_path, 64 << 10)
+    out, cache = tmp_path / "image", tmp_path / "cache"
+    build = _args(store, "--format", "oci", "-o", out, "--cache-dir", cache, cached=True)
+    run_ok(*build)
+    (entry,) = cache.rglob("*.json")
+    data = json.loads(entry.read_bytes())
+    last = data["diff_id"][-1]
+    data["diff_id"] = data["diff_id"][:-1] + ("0" if last != "0" else "1")
+    entry.write_text(json.dumps(data), encoding="utf-8")
+    run_ok(*build)
+    report = verify_image(str(out))
+    assert report.ok, format_report(report)
+
+
 # --- OCI layouts: nothing of a failed run stays -------------------------------------
 
 
