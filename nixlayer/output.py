@@ -154,14 +154,15 @@ def pending_file(folder: str | Path, flag: str = "-o") -> Iterator[PendingFile]:
 # the other end exits, however it ends; then, unless the path argv[1] exists (the mark
 # of a write that completed), removes the paths after it.
 _REMOVE_WHEN_ORPHANED = """
-import os, shutil, sys
+import contextlib, os, shutil, sys
 sys.stdin.buffer.read()
 if not os.path.lexists(sys.argv[1]):
     for path in sys.argv[2:]:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
-        elif os.path.lexists(path):
-            os.unlink(path)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 """
 
 
