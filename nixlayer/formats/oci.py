@@ -274,11 +274,11 @@ def _created_by_us(folder: Path) -> list[Path]:
     """What a failed first write into ``folder`` must remove so that nothing of it
     stays: the highest of its folders that does not exist yet, or what an empty
     ``folder`` will hold. Of an existing layout only the blobs this run added go (see
-    ``_Layout``); what ``_start_layout`` refuses to write into is never touched."""
+    ``_Layout``); what ``_started_layout`` refuses to write into is never touched."""
     missing = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
     if missing:
         return [missing[-1]]
-    with contextlib.suppress(OSError):  # unreadable: _start_layout says so
+    with contextlib.suppress(OSError):  # unreadable: _started_layout says so
         if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
             return [folder / LAYOUT, folder / "blobs"]
     return []
