@@ -84,7 +84,9 @@ def write_image(
             )
         if not clobber and os.path.lexists(os.path.join(target.path, INDEX)):
             raise refuse_existing(output)
-        folder = Path(target.path)  # a symlink stays: the folder it leads to gets the layout
+        # A symlink stays: the folder it leads to gets the layout. Else, the name as given,
+        # for messages.
+        folder = Path(target.path if os.path.islink(output) else output)
         written = write_oci_layout(spec, folder, compression, cache, on_bytes, on_layer)
         reused = sum(written.reused)
         return f"{written.ref} to {output} ({len(written.layers)} layers, {reused} reused)"
