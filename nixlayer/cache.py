@@ -4,8 +4,9 @@ Store paths never change once built, so a store layer's bytes are a pure functio
 of its sorted paths and the writer's settings. The cache maps a key over all of
 those to the layer's digests and sizes; a build that writes into an OCI layout
 that already holds the blob then skips the layer entirely. An entry is only a
-hint: one that is corrupt, truncated or of another shape is ignored, and a blob
-is reused only if it is present with the recorded size.
+hint: one that is corrupt, truncated, of another shape or whose checksum does not
+match is ignored, and a blob is reused only if it is present and hashes to the
+recorded digest.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from nixlayer.errors import NixlayerError
 from nixlayer.output import pending_file
 from nixlayer.tarwriter import TAR_FORMAT
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: entries carry a checksum
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -74,7 +75,7 @@ class LayerCache:
         if path is None:
             return None
         try:
-            return _parse(json.loads(path.read_bytes()))
+            return _parse(json.loads(path.read_bytes()), key)
         except (OSError, ValueError, TypeError):
             return None
 
@@ -86,16 +87,26 @@ class LayerCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with pending_file(path.parent) as pending:  # no leftover even after kill -9
-                pending.file.write(json.dumps(asdict(layer)).encode())
+                entry = {**asdict(layer), "check": _checksum(key, layer)}
+                pending.file.write(json.dumps(entry).encode())
                 pending.publish(path)
         except (OSError, NixlayerError):
             return
 
 
-def _parse(data: Any) -> CachedLayer | None:
-    if not isinstance(data, dict) or set(data) != set(CachedLayer.__dataclass_fields__):
+def _parse(data: Any, key: str) -> CachedLayer | None:
+    if not isinstance(data, dict) or set(data) != {*CachedLayer.__dataclass_fields__, "check"}:
         return None
+    check = data.pop("check")
     layer = CachedLayer(**data)
     digests_ok = all(_DIGEST.fullmatch(str(d)) for d in (layer.diff_id, layer.digest))
     size_ok = type(layer.blob_size) is int and layer.blob_size >= 0
-    return layer if digests_ok and size_ok and isinstance(layer.media_type, str) else None
+    shape_ok = digests_ok and size_ok and isinstance(layer.media_type, str)
+    return layer if shape_ok and check == _checksum(key, layer) else None
+
+
+def _checksum(key: str, layer: CachedLayer) -> str:
+    """Of the entry and the key it is filed under. A damaged diff_id is still a
+    digest (one hex digit for another), and the blob it comes with may be intact:
+    reused, it would put a diff_id in the config that the layer does not have."""
+    return hashlib.sha256(json.dumps([key, asdict(layer)], sort_keys=True).encode()).hexdigest()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -485,9 +486,12 @@ def _plan_fleet(
     """Writes the plans; returns the notes that say what they hold."""
     fleet = plan_fleet(closures, strategy, max_layers)
     notes = []
-    for file, name, plan in zip(files, names, fleet.plans, strict=True):
-        with atomic_output(str(name)) as out:
+    with contextlib.ExitStack() as outputs:  # all or none: they were planned together
+        for name, plan in zip(names, fleet.plans, strict=True):
+            out = outputs.enter_context(atomic_output(str(name)))
             out.write(json.dumps(plan.to_json(), indent=2).encode() + b"\n")
+            out.flush()  # a full disk fails here, before any plan takes its name
+    for file, plan in zip(files, fleet.plans, strict=True):
         notes.append(f"{show_path(file)}: {len(plan.layers)} layers")
     share = 100 * fleet.shared_bytes / fleet.ceiling if fleet.ceiling else 100.0
     notes.append(

@@ -7,16 +7,20 @@ import errno
 import fcntl
 import functools
 import os
+import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
+from nixlayer.closure import DEFAULT_STORE_DIR
 from nixlayer.errors import NixlayerError, missing_folder, show_path
 
 STDOUT = "-"
@@ -158,83 +162,196 @@ def _cannot_write(flag: str, where: str | Path, error: OSError) -> NixlayerError
 
 
 # Waits for its standard input to close, which happens when the process that holds
-# the other end exits, however it ends, then removes the folder it was given.
-_REMOVE_WHEN_ORPHANED = (
-    "import shutil, sys; sys.stdin.buffer.read(); shutil.rmtree(sys.argv[1], ignore_errors=True)"
-)
+# the other end exits, however it ends; then, unless the path argv[1] exists (the mark
+# of a write that completed), removes the paths after it.
+_REMOVE_WHEN_ORPHANED = """
+import contextlib, os, shutil, sys
+sys.stdin.buffer.read()
+if not os.path.lexists(sys.argv[1]):
+    for path in sys.argv[2:]:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+"""
+
+
+@contextmanager
+def removed_if_killed(paths: list[Path], unless: Path | None = None) -> Iterator[None]:
+    """Have ``paths`` removed when this process ends before the block does, even by
+    ``kill -9``, unless ``unless`` exists then: a small watcher process, in a session
+    of its own so that signals to this one's group do not reach it, removes them. A
+    folder cannot be nameless like a file (see ``_anonymous_file``). The block itself
+    must remove them on the paths out that run code; the watcher then finds nothing."""
+    watcher = _watch(paths, unless) if paths else None
+    try:
+        yield
+    finally:
+        if watcher is not None:
+            watcher.communicate()  # closes its input: it looks, and ends
 
 
 @contextmanager
 def scratch_folder(parent: str | Path) -> Iterator[Path]:
     """A new folder for work files in ``parent``, removed at the end, and even if this
-    process is killed (``kill -9`` included): a small watcher process, in a session of
-    its own so that signals to this one's group do not reach it, removes it then.
-    A folder cannot be nameless like a file (see ``_anonymous_file``). Inside a Nix
-    build there is no watcher: the folder is in the build's own temporary folder."""
-    folder = tempfile.mkdtemp(dir=parent, prefix=".nixlayer-")
-    watcher = None if in_nix_build() else _watch(folder)  # Nix removes its $TMPDIR
-    try:
-        yield Path(folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-        if watcher is not None:
-            watcher.communicate()  # closes its input: it finds nothing left, and ends
+    process is killed (``kill -9`` included; see ``removed_if_killed``). Inside a Nix
+    build too: a shell (nix-shell) sets the same variables as a builder, and its
+    temporary folder is not removed for it."""
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=".nixlayer-"))
+    with removed_if_killed([folder]):
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-def _watch(folder: str) -> subprocess.Popen[bytes] | None:
-    """The watcher of ``scratch_folder``; None if it cannot start (best effort)."""
+def _watch(paths: list[Path], unless: Path | None) -> subprocess.Popen[bytes] | None:
+    """The watcher of ``removed_if_killed``; None if it cannot start (best effort).
+    Its output goes to a pipe, not /dev/null: it opens nothing for writing, as a Nix
+    build is held to ($out and $TMPDIR only)."""
+    mark = str(unless) if unless is not None else ""  # "" never exists
     try:
         return subprocess.Popen(
-            [sys.executable, "-c", _REMOVE_WHEN_ORPHANED, folder],
+            [sys.executable, "-c", _REMOVE_WHEN_ORPHANED, mark, *map(str, paths)],
             stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     except OSError:
         return None
 
 
-def in_nix_build() -> bool:
-    """Inside a Nix builder, which may write only ``$out`` and ``$TMPDIR``, and whose
-    outputs Nix itself discards when the build fails."""
-    return "NIX_BUILD_TOP" in os.environ
+_MAX_LINKS = 40  # as the kernel follows
+
+
+@dataclass(frozen=True)
+class Destination:
+    """What ``-o NAME`` leads to once its symlinks are followed: ``path``, the name that
+    receives the image (a symlink given is never replaced itself, the file it leads to
+    is), and what is there now (``mode``, None for nothing). ``descriptor`` is set for
+    one of this process's own descriptors reached through ``/proc/self/fd/N``, as
+    ``/dev/stdout`` leads: reopening that name would start a file the shell opened
+    with ``>>`` over, and cannot open a socket at all."""
+
+    path: str
+    mode: int | None = None
+    descriptor: int | None = None
+
+    @property
+    def exists(self) -> bool:
+        return self.mode is not None
+
+    @property
+    def is_folder(self) -> bool:
+        return self.mode is not None and stat.S_ISDIR(self.mode)
+
+    @property
+    def stream(self) -> bool:
+        """Written through, never replaced: a descriptor, device, pipe or socket. A
+        file renamed over /dev/null would replace it for everyone."""
+        if self.descriptor is not None:
+            return True
+        kinds = (stat.S_ISCHR, stat.S_ISBLK, stat.S_ISFIFO, stat.S_ISSOCK)
+        return self.mode is not None and any(kind(self.mode) for kind in kinds)
+
+    @property
+    def holds_data(self) -> bool:
+        """What ``--no-clobber`` protects: a file, or a block device (a disk); a pipe,
+        a terminal or a descriptor has nothing to lose."""
+        return self.mode is not None and (stat.S_ISREG(self.mode) or stat.S_ISBLK(self.mode))
+
+    @property
+    def derivation_output(self) -> bool:
+        """A direct child of the store directory: a derivation's own ``$out``, written
+        in place, since a temporary name beside it would be a write into the store
+        (and Nix discards the outputs of a failed build). Decided on the name, not on
+        the environment: nix-shell sets the builder's variables too."""
+        store = os.environ.get("NIX_STORE") or DEFAULT_STORE_DIR
+        return os.path.dirname(self.path) == os.path.realpath(store)
+
+
+def destination_of(name: str, flag: str = "-o") -> Destination:
+    """Follow ``name``'s symlinks one at a time, as the kernel does, but stop at a link
+    into this process's ``/proc/<pid>/fd``, whose target is no path to write to."""
+    path = name
+    for _ in range(_MAX_LINKS):
+        head, last = os.path.split(path)
+        if last in ("", ".", ".."):  # a folder named by its own path
+            return _found(os.path.realpath(path), name, flag, follow=True)
+        folder = os.path.realpath(head or ".")
+        path = os.path.join(folder, last)
+        if last.isdigit() and re.fullmatch(rf"/proc/{os.getpid()}(/task/\d+)?/fd", folder):
+            return Destination(path, descriptor=int(last))
+        found = _found(path, name, flag)
+        if found.mode is None or not stat.S_ISLNK(found.mode):
+            return found
+        path = os.path.join(folder, os.readlink(path))
+    raise NixlayerError(f"{flag} {show_path(name)}: too many levels of symbolic links")
+
+
+def _found(path: str, name: str, flag: str, follow: bool = False) -> Destination:
+    try:
+        mode = (os.stat if follow else os.lstat)(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except NotADirectoryError:
+        raise NixlayerError(
+            f"{flag} {show_path(name)}: {missing_folder(os.path.dirname(path))}"
+        ) from None
+    except OSError as error:
+        raise NixlayerError(f"{flag} {show_path(name)}: {error.strerror}") from None
+    return Destination(path, mode)
+
+
+def scratch_parent(destination: str) -> str:
+    """Where work files for ``destination`` go: beside the file it names, on the disk
+    that must hold the image anyway; in the temporary folder for a stream, or for a
+    derivation's output (``$TMPDIR`` in a Nix build), beside which nothing may go."""
+    if destination == STDOUT:
+        return tempfile.gettempdir()
+    target = destination_of(destination)
+    beside = not target.stream and not target.derivation_output
+    return os.path.dirname(target.path) if beside else tempfile.gettempdir()
 
 
 @contextmanager
 def atomic_output(destination: str, flag: str = "-o", clobber: bool = True) -> Iterator[BinaryIO]:
-    """A buffered file that appears at ``destination`` only once it is complete;
-    ``-`` streams to stdout instead. Inside a Nix build the file is written in place:
-    a temporary name beside ``$out`` would be a write into the store. Unless
-    ``clobber``, an existing file is refused, before a byte is written and again, atomically,
-    when the new one takes its name."""
-    if not clobber and destination != STDOUT and os.path.lexists(destination):
-        raise refuse_existing(destination, flag)
-    if destination == STDOUT or in_nix_build() or _is_device_or_pipe(destination):
-        with _no_room(flag, destination), _plain_output(destination) as out:
+    """A buffered file that appears at ``destination`` only once it is complete,
+    renamed over the file it names, or the file a symlink there leads to (the link
+    stays). ``-``, a device, a pipe, a socket or a descriptor (``/dev/stdout``) are
+    written through; a derivation's output is written in place (see
+    ``Destination``). Unless ``clobber``, an existing file is refused, before a byte
+    is written and again, atomically, when the new one takes its name."""
+    if destination == STDOUT:
+        with _no_room(flag, destination), _stdout() as out:
             yield out
         return
-    folder = os.path.dirname(os.path.abspath(destination))
+    target = destination_of(destination, flag)
+    if target.stream:
+        if target.holds_data and not clobber:
+            raise refuse_existing(destination, flag)
+        with _no_room(flag, destination), _written_through(target, destination, flag) as out:
+            yield out
+        return
+    if target.is_folder or destination.endswith(os.sep):
+        raise NixlayerError(f"{flag} {show_path(destination)}: is a folder, not a file")
+    if target.exists and not clobber:
+        raise refuse_existing(destination, flag)
+    folder = os.path.dirname(target.path)
     if not os.path.isdir(folder):
         raise NixlayerError(f"{flag} {show_path(destination)}: {missing_folder(folder)}")
-    if os.path.isdir(destination):
-        raise NixlayerError(f"{flag} {show_path(destination)}: is a folder, not a file")
+    if target.derivation_output:
+        with _no_room(flag, destination), open(target.path, "wb", buffering=_BUFFER) as out:
+            yield out
+        return
     with pending_file(folder, flag) as pending:
         yield pending.file
         try:
-            pending.publish(destination, clobber)
+            pending.publish(target.path, clobber)
         except FileExistsError:
             raise refuse_existing(destination, flag) from None
-
-
-def _is_device_or_pipe(path: str) -> bool:
-    """``-o /dev/null``, ``-o /dev/stdout`` or a named pipe: written into, since a file
-    renamed over it would replace it (for everyone, when it is /dev/null)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode)
 
 
 def refuse_existing(destination: str | Path, flag: str = "-o") -> NixlayerError:
@@ -260,12 +377,49 @@ def _widen_pipe(stream: BinaryIO) -> None:
 
 
 @contextmanager
-def _plain_output(destination: str) -> Iterator[BinaryIO]:
-    if destination == STDOUT:
-        _widen_pipe(sys.stdout.buffer)
-        yield sys.stdout.buffer
-        sys.stdout.buffer.flush()
+def _stdout() -> Iterator[BinaryIO]:
+    _widen_pipe(sys.stdout.buffer)
+    yield sys.stdout.buffer
+    sys.stdout.buffer.flush()
+
+
+@contextmanager
+def _written_through(target: Destination, name: str, flag: str) -> Iterator[BinaryIO]:
+    """The descriptor, device, pipe or socket ``target`` is, written into as it is:
+    opened without creating or truncating anything, a socket connected to."""
+    if target.mode is not None and stat.S_ISSOCK(target.mode):
+        with _connected(target.path, name, flag) as out:
+            yield out
         return
-    with open(destination, "wb", buffering=_BUFFER) as out:
-        _widen_pipe(out)  # a named pipe given as -o
+    try:
+        if target.descriptor is not None:
+            fd = _writable_copy(target.descriptor)
+        else:
+            fd = os.open(target.path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as error:
+        raise NixlayerError(
+            f"{flag} {show_path(name)}: cannot write there: {error.strerror}"
+        ) from None
+    with open(fd, "wb", buffering=_BUFFER) as out:
+        _widen_pipe(out)
         yield out
+
+
+def _writable_copy(descriptor: int) -> int:
+    """A copy of one of our descriptors, closed on its own, if it is open for writing."""
+    if fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+        raise OSError(errno.EBADF, "it is open for reading only")
+    return fcntl.fcntl(descriptor, fcntl.F_DUPFD_CLOEXEC, 3)
+
+
+@contextmanager
+def _connected(path: str, name: str, flag: str) -> Iterator[BinaryIO]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        try:
+            connection.connect(path)
+        except OSError as error:
+            raise NixlayerError(
+                f"{flag} {show_path(name)}: cannot connect: {error.strerror}"
+            ) from None
+        with connection.makefile("wb", buffering=_BUFFER) as out:
+            yield cast(BinaryIO, out)

@@ -38,7 +38,7 @@ from nixlayer.formats.files import (
     folder_files,
     tar_files,
 )
-from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT
+from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT, is_layout_file
 from nixlayer.tarwriter import END_OF_ARCHIVE
 
 BLOBS = "blobs/sha256/"
@@ -328,9 +328,7 @@ def _verify_layout(source: str, files: ImageFiles, image_format: str) -> VerifyR
     report = VerifyReport(source, image_format)
     check = _Checker(files, report)
     layout = check.json(LAYOUT, "the layout file")
-    if layout is not None and not (
-        isinstance(layout, dict) and isinstance(layout.get("imageLayoutVersion"), str)
-    ):
+    if layout is not None and not is_layout_file(layout):
         check.problem(f"{LAYOUT} has no imageLayoutVersion")
     index = check.json(INDEX, "the index")
     if index is not None:
@@ -441,7 +439,9 @@ def _check_platform(check: _Checker, config: Any, platform: Any, where: str) -> 
 
 def _check_all_blobs(check: _Checker) -> None:
     """Every file under blobs/sha256 must hash to its name, referenced or not; other
-    names (a temporary file left by a killed writer) are noted."""
+    names (a temporary file left by a killed writer) are noted, and so are blobs no
+    index or manifest names: the layout allows them (a writer killed before its
+    index.json, an image removed), but they take room for nothing."""
     for name in sorted(check.files.files):
         if not name.startswith(BLOBS) or name in check.read_names:
             continue
@@ -451,6 +451,7 @@ def _check_all_blobs(check: _Checker) -> None:
                 f"{show_path(name)}: not a blob name (a leftover temporary file?)"
             )
             continue
+        check.report.notes.append(f"{name}: a blob no manifest or index names (unused)")
         found = check.blob(name)
         if found is not None and found.digest != f"sha256:{hex_digest}":
             check.problem(f"{name}: its sha256 is {found.digest}")

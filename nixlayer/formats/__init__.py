@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -22,7 +21,7 @@ from nixlayer.formats.oci import (
 )
 from nixlayer.image import ImageSpec, SourceImage
 from nixlayer.layers import LayerSized
-from nixlayer.output import STDOUT, atomic_output, in_nix_build, refuse_existing
+from nixlayer.output import STDOUT, atomic_output, destination_of, refuse_existing, scratch_parent
 
 FORMATS = ("docker-archive", "oci", "oci-archive")
 DEFAULT_COMPRESSION = {"docker-archive": "none", "oci": "gzip", "oci-archive": "gzip"}
@@ -93,23 +92,24 @@ def write_image(
     if image_format not in FORMATS:
         raise NixlayerError(f"--format {image_format}: expected one of {', '.join(FORMATS)}")
     if image_format == "oci":
-        if output == STDOUT:
-            raise NixlayerError("-o -: --format oci writes a folder; use oci-archive to stream")
-        if not clobber and os.path.lexists(os.path.join(output, INDEX)):
+        target = destination_of(output) if output != STDOUT else None
+        if target is None or target.stream:
+            raise NixlayerError(
+                f"-o {show_path(output)}: --format oci writes a folder; use oci-archive to stream"
+            )
+        if not clobber and os.path.lexists(os.path.join(target.path, INDEX)):
             raise refuse_existing(output)
-        written = write_oci_layout(
-            spec, Path(output), compression, cache, on_bytes, on_layer, on_size
-        )
+        # A symlink stays: the folder it leads to gets the layout. Else, the name as given,
+        # for messages.
+        folder = Path(target.path if os.path.islink(output) else output)
+        written = write_oci_layout(spec, folder, compression, cache, on_bytes, on_layer, on_size)
         reused = sum(written.reused)
         shown = show_path(output)
         return f"{written.ref} to {shown} ({len(written.layers)} layers, {reused} reused)"
     with atomic_output(output, clobber=clobber) as out:
         if image_format == "oci-archive":
-            beside = output != STDOUT and not in_nix_build()
-            scratch = os.path.dirname(os.path.abspath(output)) if beside else tempfile.gettempdir()
-            layout = write_oci_archive(
-                spec, out, compression, Path(scratch), on_bytes, on_layer, on_size
-            )
+            scratch = Path(scratch_parent(output))
+            layout = write_oci_archive(spec, out, compression, scratch, on_bytes, on_layer, on_size)
             return f"{layout.ref} to {show_path(output)} ({len(layout.layers)} layers)"
         stream = cast(BinaryIO, CompressedStream(out, compression)) if compression else out
         ref = write_docker_archive(spec, stream, on_bytes, on_layer, on_size)

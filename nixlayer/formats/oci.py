@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,7 +37,7 @@ from nixlayer.image import (
 )
 from nixlayer.jsonstream import show_json
 from nixlayer.layers import BlobLayer, Layer, LayerSized
-from nixlayer.output import pending_file, scratch_folder
+from nixlayer.output import PendingFile, pending_file, removed_if_killed, scratch_folder
 from nixlayer.store import walk_tree
 from nixlayer.tarwriter import WRITER_THREAD, lay_out, write_layer
 
@@ -131,30 +133,83 @@ class WrittenLayout:
     reused: tuple[bool, ...]
 
 
-def _blob_path(folder: Path, digest: str) -> Path:
-    return folder / blob_name(digest)
+def is_layout_file(value: Any) -> bool:
+    """Whether ``value`` (the parsed ``oci-layout`` file) is what a layout holds."""
+    return isinstance(value, dict) and isinstance(value.get("imageLayoutVersion"), str)
 
 
-def _has_blob(folder: Path, digest: str, size: int) -> bool:
-    try:
-        return _blob_path(folder, digest).stat().st_size == size
-    except OSError:
-        return False
+_LAYOUT_FILE_MAX = 1024  # the file is 30 bytes; nothing past this is read
+_CHUNK = 1 << 20
 
 
-def _put_blob(folder: Path, data: bytes) -> str:
-    """A small blob (config, manifest), written unless the folder has it already."""
-    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
-    if not _has_blob(folder, digest, len(data)):
-        with pending_file(folder / "blobs" / "sha256") as pending:
-            pending.file.write(data)
-            pending.publish(_blob_path(folder, digest))
-    return digest
+@dataclass
+class _Layout:
+    """A layout folder being written: its blobs are trusted by their content, never by
+    their name alone, and those this run adds are listed, to go again if it fails."""
+
+    folder: Path
+    added: list[Path] = field(default_factory=list)
+    index: bytes | None = None  # the index.json this run put in place, once it tries
+
+    def blob(self, digest: str) -> Path:
+        return self.folder / blob_name(digest)
+
+    def new_blob(self) -> contextlib.AbstractContextManager[PendingFile]:
+        return pending_file(self.folder / "blobs" / "sha256")
+
+    def has(self, digest: str, size: int) -> bool:
+        """Whether the blob is there intact: a regular file of ``size`` bytes that
+        hashes to ``digest``. One damaged on disk is made again, or the build would end
+        with an image its own ``verify`` rejects; hashing it costs a small part of
+        making it (the store read, the tar and the compression).
+        (``blobs.read_blob`` is five times slower: it follows a tar's zero blocks.)"""
+        try:
+            fd = os.open(self.blob(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return False
+        hashed = hashlib.sha256()
+        with open(fd, "rb") as file:
+            found = os.fstat(fd)
+            if not stat.S_ISREG(found.st_mode) or found.st_size != size:
+                return False
+            try:
+                while chunk := file.read(_CHUNK):
+                    hashed.update(chunk)
+            except OSError:
+                return False
+        return f"sha256:{hashed.hexdigest()}" == digest
+
+    def publish(self, pending: PendingFile, digest: str) -> None:
+        """Under a name not taken yet the blob is this run's (``added``); a name that
+        is taken holds a damaged blob (``has`` said so), replaced."""
+        path = self.blob(digest)
+        try:
+            pending.publish(path, clobber=False)
+        except FileExistsError:
+            pending.publish(path)
+        else:
+            self.added.append(path)
+
+    def put(self, data: bytes) -> str:
+        """A small blob (config, manifest), written unless the folder has it already."""
+        digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+        if not self.has(digest, len(data)):
+            with self.new_blob() as pending:
+                pending.file.write(data)
+                self.publish(pending, digest)
+        return digest
+
+    def committed(self) -> bool:
+        """Whether this run's index.json is in place, which an interrupt can follow."""
+        try:
+            return self.index is not None and (self.folder / INDEX).read_bytes() == self.index
+        except OSError:
+            return False
 
 
 def _make_layer_blob(
     layer: Layer,
-    folder: Path,
+    layout: _Layout,
     mtime: int,
     compression: Compression,
     on_bytes: Progress,
@@ -167,7 +222,7 @@ def _make_layer_blob(
     compressor = compression.compressor() if compression else None
     blob_digest = hashlib.sha256()
     blob_size = 0
-    with pending_file(folder / "blobs" / "sha256") as pending:
+    with layout.new_blob() as pending:
 
         def write(data: bytes | memoryview) -> None:
             nonlocal blob_size
@@ -188,27 +243,27 @@ def _make_layer_blob(
             pending.file.write(write_tail)
             blob_size += len(write_tail)
         digest = f"sha256:{blob_digest.hexdigest()}" if compressor else diff_id
-        pending.publish(_blob_path(folder, digest))
+        layout.publish(pending, digest)
     return CachedLayer(diff_id, digest, blob_size, compression.media_type)
 
 
-def _kept_blob(layer: BlobLayer, folder: Path, on_bytes: Progress) -> tuple[CachedLayer, bool]:
+def _kept_blob(layer: BlobLayer, layout: _Layout, on_bytes: Progress) -> tuple[CachedLayer, bool]:
     """A base image's compressed layer, copied as it is stored, and whether it was there
     already: the new image keeps the base's digests, so that a registry or a machine
     that has the base has these layers too. (Compressed anew, they would differ.) A
     Docker media type becomes the OCI one for the same bytes."""
     media_type = Compression(str(layer.compression)).media_type
-    if layer.digest is not None and _has_blob(folder, layer.digest, layer.blob_size):
+    if layer.digest is not None and layout.has(layer.digest, layer.blob_size):
         return CachedLayer(layer.diff_id, layer.digest, layer.blob_size, media_type), True
-    with pending_file(folder / "blobs" / "sha256") as pending:
+    with layout.new_blob() as pending:
         digest = layer.copy_stored(pending.file, on_bytes)
-        pending.publish(_blob_path(folder, digest))
+        layout.publish(pending, digest)
     return CachedLayer(layer.diff_id, digest, layer.blob_size, media_type), False
 
 
 def _layer_blob(
     layer: Layer,
-    folder: Path,
+    layout: _Layout,
     mtime: int,
     compression: Compression,
     cache: LayerCache,
@@ -218,13 +273,13 @@ def _layer_blob(
     """The layer's blob in the folder, and whether it was there already. A base's
     blob kept as stored counts its ``blob_size``, its size hint: no ``on_size``."""
     if isinstance(layer, BlobLayer) and layer.compression is not None:
-        return _kept_blob(layer, folder, on_bytes)
+        return _kept_blob(layer, layout, on_bytes)
     identity = layer.identity(mtime)
     key = layer_key(identity, compression) if identity is not None else None
     cached = cache.get(key) if key else None
-    if cached and _has_blob(folder, cached.digest, cached.blob_size):
+    if cached and layout.has(cached.digest, cached.blob_size):
         return cached, True
-    made = _make_layer_blob(layer, folder, mtime, compression, on_bytes, on_size)
+    made = _make_layer_blob(layer, layout, mtime, compression, on_bytes, on_size)
     if key:
         cache.put(key, made)
     return made, False
@@ -233,12 +288,12 @@ def _layer_blob(
 def _created_by_us(folder: Path) -> list[Path]:
     """What a failed first write into ``folder`` must remove so that nothing of it
     stays: the highest of its folders that does not exist yet, or what an empty
-    ``folder`` will hold. Anything else is kept: an existing layout (its blobs are
-    complete and may be shared), and what ``_start_layout`` refuses to write into."""
+    ``folder`` will hold. Of an existing layout only the blobs this run added go (see
+    ``_Layout``); what ``_started_layout`` refuses to write into is never touched."""
     missing = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
     if missing:
         return [missing[-1]]
-    with contextlib.suppress(OSError):  # unreadable: _start_layout says so
+    with contextlib.suppress(OSError):  # unreadable: _started_layout says so
         if folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir()):
             return [folder / LAYOUT, folder / "blobs"]
     return []
@@ -254,24 +309,59 @@ def _remove(paths: list[Path]) -> None:
                 path.unlink()
 
 
-def _start_layout(folder: Path) -> None:
-    """A new layout, or one that is there already; never a folder with other things."""
+@contextlib.contextmanager
+def _started_layout(folder: Path) -> Iterator[None]:
+    """A new layout, or one that is there already, never a folder with other things;
+    held by this run alone until the block ends (see ``_locked``)."""
     if folder.exists() and not folder.is_dir():
         raise NixlayerError(
             f"-o {show_path(folder)}: {what_is(folder)}; --format oci writes a folder"
         )
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / LAYOUT).is_file():
+    has_layout_file = (folder / LAYOUT).is_file()
+    if folder.is_dir() and any(folder.iterdir()) and not has_layout_file:
         raise NixlayerError(f"-o {show_path(folder)}: a folder that is not an OCI image layout")
+    if has_layout_file and not _valid_layout_file(folder / LAYOUT):
+        raise NixlayerError(
+            f"-o {show_path(folder)}: its {LAYOUT} file is empty or not an OCI layout's"
+        )
     try:
         (folder / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
     except OSError as error:
         why = missing_folder(folder) if error.errno == errno.ENOTDIR else error.strerror
         raise NixlayerError(f"-o {show_path(folder)}: cannot create it: {why}") from None
-    _existing_manifests(folder)  # a layout the image cannot be added to fails now
-    if not (folder / LAYOUT).is_file():
-        with pending_file(folder) as pending:
-            pending.file.write(LAYOUT_CONTENT)
-            pending.publish(folder / LAYOUT)
+    with _locked(folder):
+        _existing_manifests(folder)  # a layout the image cannot be added to fails now
+        if not (folder / LAYOUT).is_file():
+            with pending_file(folder) as pending:
+                pending.file.write(LAYOUT_CONTENT)
+                pending.publish(folder / LAYOUT)
+        yield
+
+
+def _valid_layout_file(path: Path) -> bool:
+    """What ``verify`` accepts as the ``oci-layout`` file, read no further than a
+    real one could be long."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(_LAYOUT_FILE_MAX + 1)
+        return len(data) <= _LAYOUT_FILE_MAX and is_layout_file(json.loads(data))
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """The layout for this run alone: two runs at once would each write index.json
+    from the one they read, and one image would be lost; and one run's failure could
+    remove a blob the other had just found. Where the file system has no locks, a
+    run goes on without."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _platform(spec: ImageSpec) -> dict[str, str]:
@@ -302,15 +392,16 @@ def _manifests(index: Any, where: str) -> list[dict[str, Any]]:
     return [json_object(m, f"{where}: a manifest") for m in manifests]
 
 
-def _update_index(folder: Path, descriptor: dict[str, Any]) -> None:
+def _update_index(layout: _Layout, descriptor: dict[str, Any]) -> None:
     """``index.json`` with our image, replacing one of the same name: written last and
     renamed into place, so the layout is always either the old one or the new one."""
     ref = descriptor["annotations"][REF_NAME]
-    kept = [m for m in _existing_manifests(folder) if _ref(m) != ref]
+    kept = [m for m in _existing_manifests(layout.folder) if _ref(m) != ref]
     index = {"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [*kept, descriptor]}
-    with pending_file(folder) as pending:
-        pending.file.write(canonical_json(index))
-        pending.publish(folder / INDEX)
+    layout.index = canonical_json(index)
+    with pending_file(layout.folder) as pending:
+        pending.file.write(layout.index)
+        pending.publish(layout.folder / INDEX)
 
 
 def _ref(descriptor: dict[str, Any]) -> Any:
@@ -337,27 +428,34 @@ def write_oci_layout(
 
     Layers are independent, so they are made in parallel (hashing and compression
     release the GIL); each is compressed on its own, so the bytes do not depend on
-    how many run at once. If it fails, a layout that was not there before is
-    removed again (see ``_created_by_us``).
+    how many run at once.
+
+    If it fails (an error, Ctrl-C, SIGTERM), what it added goes again: the blobs it
+    added to a layout, or the layout it started (``_created_by_us``), which a watcher
+    removes even after ``kill -9``. Neither once its index.json is in place: the image
+    is complete then. Nor a layout another run has completed meanwhile.
     """
     created = _created_by_us(folder)
-    try:
-        return _write_layout(spec, folder, compression, cache, on_bytes, on_layer, on_size)
-    except BaseException:
-        _remove(created)
-        raise
+    layout = _Layout(folder)
+    with removed_if_killed(created, unless=folder / INDEX):
+        try:
+            with _started_layout(folder):
+                return _write_layout(spec, layout, compression, cache, on_bytes, on_layer, on_size)
+        except BaseException:
+            if not layout.committed():
+                _remove(layout.added if (folder / INDEX).exists() else [*layout.added, *created])
+            raise
 
 
 def _write_layout(
     spec: ImageSpec,
-    folder: Path,
+    layout: _Layout,
     compression: Compression,
     cache: LayerCache,
     on_bytes: Progress,
     on_layer: Callable[[], None],
     on_size: LayerSized,
 ) -> WrittenLayout:
-    _start_layout(folder)
     mtime = spec.settings.mtime
 
     stop = threading.Event()
@@ -369,7 +467,7 @@ def _write_layout(
         on_bytes(count)
 
     def one(layer: Layer) -> tuple[CachedLayer, bool]:
-        result = _layer_blob(layer, folder, mtime, compression, cache, progress, on_size)
+        result = _layer_blob(layer, layout, mtime, compression, cache, progress, on_size)
         if result[1]:  # in place already: none of its bytes are counted
             on_size(layer.size_hint, 0)
         on_layer()
@@ -387,7 +485,7 @@ def _write_layout(
     results = [made[i] for i in range(len(all_layers))]
     layers = tuple(layer for layer, _ in results)
     config = config_json(spec, [layer.diff_id.removeprefix("sha256:") for layer in layers])
-    config_digest = _put_blob(folder, config)
+    config_digest = layout.put(config)
     ref = f"{spec.settings.name}:{spec.settings.tag or content_tag(config)}"
     manifest = canonical_json(
         {
@@ -402,12 +500,12 @@ def _write_layout(
     )
     descriptor = {
         "mediaType": MANIFEST_TYPE,
-        "digest": _put_blob(folder, manifest),
+        "digest": layout.put(manifest),
         "size": len(manifest),
         "annotations": {REF_NAME: ref, CONTAINERD_NAME: qualified_name(ref)},
         "platform": _platform(spec),
     }
-    _update_index(folder, descriptor)
+    _update_index(layout, descriptor)
     return WrittenLayout(ref, config_digest, layers, tuple(reused for _, reused in results))
 
 
@@ -438,9 +536,11 @@ def write_oci_archive(
     """
     with scratch_folder(scratch) as temporary:
         folder = Path(temporary, "layout")
-        layout = write_oci_layout(
-            spec, folder, compression, LayerCache(None), on_bytes, on_layer, on_size
-        )
+        with _started_layout(folder):  # removed with the scratch folder if it fails
+            layout = _write_layout(
+                spec, _Layout(folder), compression, LayerCache(None), on_bytes, on_layer,
+                on_size,
+            )  # fmt: skip
         (folder / MANIFEST).write_bytes(docker_manifest(layout))
         entries = [entry for entry in walk_tree(os.fsencode(folder), b"") if entry.name]
         write_layer(lay_out(entries, spec.settings.mtime), out.write)
