@@ -21,8 +21,10 @@ from nixlayer.errors import NixlayerError
 from nixlayer.store import (
     EXECUTABLE_MODE,
     SYMLINK_MODE,
+    WHITEOUT_REASON,
     Entry,
     Kind,
+    is_whiteout,
     walk_store_path,
     walk_tree,
 )
@@ -30,6 +32,8 @@ from nixlayer.store import (
 ROOT_DIR_MODE = 0o755
 ROOT_FILE_MODE = 0o644
 ROOT_EXECUTABLE_MODE = 0o755
+# Linux ids are 32-bit, and chown takes the last one, (uid_t)-1, for "leave unchanged".
+MAX_ID = 2**32 - 2
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,10 @@ def parse_add(value: str) -> AddFiles:
 def parse_mkdir(value: str) -> MakeDirectory:
     match = _match(_MKDIR, value, "--mkdir", "DEST[:MODE[:UID:GID]] with an absolute DEST")
     owner = (int(match["uid"]), int(match["gid"])) if match["uid"] else (0, 0)
+    if max(owner) > MAX_ID:
+        raise NixlayerError(
+            f"--mkdir {value}: a uid or gid must be at most {MAX_ID} (Linux ids are 32-bit)"
+        )
     mode = int(match["mode"], 8) if match["mode"] else ROOT_DIR_MODE
     return MakeDirectory(match["dest"], mode, owner)
 
@@ -114,6 +122,8 @@ def _image_name(dest: str, flag: str, allow_root: bool = False) -> bytes:
     parts = [part for part in dest.split("/") if part not in ("", ".")]
     if not dest.startswith("/") or ".." in parts or "\0" in dest:
         raise NixlayerError(f"{flag} {dest}: must be an absolute path without '..'")
+    if any(is_whiteout(os.fsencode(part)) for part in parts):
+        raise NixlayerError(f"{flag} {dest}: {WHITEOUT_REASON}")
     if not parts and not allow_root:
         raise NixlayerError(f"{flag} {dest}: cannot replace the image root itself")
     return os.fsencode("/".join(parts))
@@ -124,7 +134,9 @@ class _Root:
 
     Directories merge; an explicit directory (``--mkdir``, an ``--add``-ed folder)
     takes precedence over one implied as a parent; anything else at a taken name
-    is a clash that names both origins.
+    is a clash that names both origins. Nothing may go inside the store directory,
+    and only a directory may stand where one of its parents is: the layer lies above
+    the store layers, and a file or symlink there would hide the whole store.
     """
 
     def __init__(self, store_dir: str) -> None:
@@ -135,6 +147,11 @@ class _Root:
         name = entry.name
         if name == self.store_name or name.startswith(self.store_name + b"/"):
             raise NixlayerError(f"{origin}: {_show(name)} is inside the store directory")
+        if self.store_name.startswith(name + b"/") and entry.kind is not Kind.DIRECTORY:
+            raise NixlayerError(
+                f"{origin}: {_show(name)} is a parent of the store directory "
+                f"{_show(self.store_name)}; a {entry.kind.value} file there would hide the store"
+            )
         self._put_parents(name, origin)
         known = self.entries.get(name)
         if known is None or self._replaces(known, entry, explicit):

@@ -28,6 +28,7 @@ from nixlayer.closure import DEFAULT_STORE_DIR, Closure, RawEntry, make_closure
 from nixlayer.errors import NixlayerError
 from nixlayer.gcpause import no_cycle_collection
 from nixlayer.jsonstream import TextWindow, load, show_json
+from nixlayer.store import is_whiteout
 
 INPUT_FORMATS = (
     "path-info-list",  # nix path-info --json, Nix <= 2.18 and Lix: [{"path": ...}, ...]
@@ -343,7 +344,7 @@ def _store_dir_field(fields: _JsonObject, where: str, source: str) -> str | None
     if not isinstance(store_dir, str) or not _is_plain_directory(store_dir):
         raise NixlayerError(
             f'{source}: {where} has "storeDir" {_show(store_dir)}, '
-            "not an absolute directory (without '.' or '..')"
+            "not an absolute directory (without '.', '..' or '.wh.' parts)"
         )
     return _normalise_store_dir(store_dir)
 
@@ -353,7 +354,8 @@ def _settle_store_dir(declared: list[tuple[str, str]], requested: str | None, so
     agree with the user's), else the user's, else ``/nix/store``."""
     if requested is not None and not _is_plain_directory(requested):
         raise NixlayerError(
-            f"--store-dir {requested}: not an absolute directory (without '.' or '..')"
+            f"--store-dir {requested}: not an absolute directory "
+            "(without '.', '..' or '.wh.' parts)"
         )
     if not declared:
         return DEFAULT_STORE_DIR if requested is None else _normalise_store_dir(requested)
@@ -374,13 +376,14 @@ def _settle_store_dir(declared: list[tuple[str, str]], requested: str | None, so
 
 def _is_plain_directory(store_dir: str) -> bool:
     """Absolute, below ``/``, with no ``.``, ``..`` or empty part and no NUL: every
-    name in a layer starts with the store directory, so it must not climb out."""
+    name in a layer starts with the store directory, so it must not climb out; nor
+    may a part be a whiteout name (see ``store.is_whiteout``)."""
     parts = store_dir.rstrip("/").split("/")[1:]
     return (
         store_dir.startswith("/")
         and "\0" not in store_dir
         and bool(parts)
-        and all(part not in ("", ".", "..") for part in parts)
+        and all(part not in ("", ".", "..") and not is_whiteout(part.encode()) for part in parts)
     )
 
 
