@@ -11,7 +11,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
+import posixpath
 import tarfile
 import zlib
 from collections.abc import Callable
@@ -24,6 +26,11 @@ Opener = Callable[[], IO[bytes]]
 
 _CHUNK = 1 << 20
 _END_MARKER = 2 * 512
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"  # "the lower layers' contents of this folder are gone"
+MAX_ID = 2**32 - 2  # Linux ids are 32-bit; chown reads the last, (uid_t)-1, as "unchanged"
+_MODE_BITS = 0o177777  # the permission bits and the file type bits some tools add
+_MAX_SECONDS = 2**63  # what Go's archive/tar (containerd, podman, skopeo) can hold
 
 # What reading a damaged or truncated (compressed) tar can raise.
 READ_ERRORS: tuple[type[BaseException], ...] = (
@@ -86,6 +93,34 @@ class _Counted(io.RawIOBase):
 
 
 @dataclass
+class LayerNames:
+    """What a layer's names do to the layers below it, for ``verify`` to replay the
+    image's layers as a consumer merges them: its whiteouts (``.wh.`` names, opaque
+    markers among them), and whether each member at or above a store path is a
+    directory. ``watched`` are the store directories whose members are kept: the
+    layer's other files are many and cannot hide the store."""
+
+    watched: frozenset[str] = frozenset()
+    whiteouts: list[str] = field(default_factory=list)
+    store_members: dict[str, bool] = field(default_factory=dict)
+
+    def note(self, name: str, directory: bool) -> None:
+        if is_whiteout(name):
+            self.whiteouts.append(name)
+        elif (
+            name in self.watched
+            or posixpath.dirname(name) in self.watched
+            or any(store.startswith(name + "/") for store in self.watched)
+        ):
+            self.store_members[name] = directory
+
+
+def is_whiteout(name: str) -> bool:
+    """See ``store.is_whiteout``: the same test on a member name as tarfile gives it."""
+    return posixpath.basename(name).startswith(WHITEOUT)
+
+
+@dataclass
 class BlobRead:
     """A blob as read: its size and sha256, and for a layer the sha256 of its
     uncompressed tar (None if it could not be decompressed) and what its tar holds."""
@@ -94,6 +129,7 @@ class BlobRead:
     digest: str
     diff_id: str | None = None
     problems: list[str] = field(default_factory=list)
+    names: LayerNames = field(default_factory=LayerNames)
 
 
 def read_blob(opener: Opener) -> BlobRead:
@@ -103,26 +139,30 @@ def read_blob(opener: Opener) -> BlobRead:
     return BlobRead(counted.count, counted.hexdigest)
 
 
-def read_layer(opener: Opener, compression: str | None, label: str) -> BlobRead:
+def read_layer(
+    opener: Opener, compression: str | None, label: str, watched: frozenset[str] = frozenset()
+) -> BlobRead:
     """One pass over a layer blob: hashed as stored, decompressed, hashed again,
-    and parsed member by member with tarfile in streaming mode."""
+    and parsed member by member with tarfile in streaming mode; ``watched`` are the
+    store directories whose members ``LayerNames`` keeps."""
+    names = LayerNames(watched)
     with opener() as file:
         stored = _Counted(file)
         tar_stream = _Counted(decompressing(stored, compression))
         problems: list[str] = []
         try:
-            end = _check_members(tar_stream, label, problems)
+            end = _check_members(tar_stream, label, problems, names)
             tar_stream.drain()
         except READ_ERRORS as error:
             problems.append(f"{label}: cannot be read as a {compression or 'plain'} tar: {error}")
             _drain_quietly(stored)
-            return BlobRead(stored.count, stored.hexdigest, None, problems)
+            return BlobRead(stored.count, stored.hexdigest, None, problems, names)
         stored.drain()
     if tar_stream.last_data >= end:
         problems.append(f"{label}: data after a header tarfile cannot read (damaged)")
     elif tar_stream.count - end < _END_MARKER:
         problems.append(f"{label}: no end-of-archive marker (truncated?)")
-    return BlobRead(stored.count, stored.hexdigest, tar_stream.hexdigest, problems)
+    return BlobRead(stored.count, stored.hexdigest, tar_stream.hexdigest, problems, names)
 
 
 def _drain_quietly(stored: _Counted) -> None:
@@ -132,26 +172,88 @@ def _drain_quietly(stored: _Counted) -> None:
         stored.drain()
 
 
-def _check_members(stream: IO[bytes], label: str, problems: list[str]) -> int:
+def _check_members(stream: IO[bytes], label: str, problems: list[str], names: LayerNames) -> int:
     """Each member's name once, relative and without ``..``; a hard link only to an
-    earlier file of the same layer (so each layer unpacks on its own). Returns the
-    offset where the archive's end marker starts."""
+    earlier file of the same layer (so each layer unpacks on its own); numbers and
+    whiteouts every consumer reads alike. Returns the offset where the archive's end
+    marker starts."""
     seen: set[str] = set()
     with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as tar:
         for member in tar:
             name = member.name.removeprefix("./").rstrip("/")
             if name in seen:
                 problems.append(f"{label}: holds {show_name(name)} twice")
-            if name.startswith("/") or ".." in name.split("/"):
+            if climbs_out(name) or "\0" in name:
                 problems.append(f"{label}: unsafe member name {show_name(name)}")
-            if member.islnk() and member.linkname.removeprefix("./") not in seen:
-                problems.append(
-                    f"{label}: {show_name(name)} is a hard link to {show_name(member.linkname)}, "
-                    "which is not earlier in this layer"
-                )
+            if member.islnk():
+                _check_hard_link(member.linkname.removeprefix("./"), name, seen, label, problems)
+            problems.extend(f"{label}: {show_name(name)}: {p}" for p in _number_problems(member))
+            if is_whiteout(name):
+                problems.extend(f"{label}: {p}" for p in _whiteout_problems(name))
+            names.note(name, member.isdir())
             seen.add(name)
             tar.members = []  # streaming: keep no TarInfo for layers of millions of files
-        return tar.offset
+    problems.extend(
+        f"{label}: {show_name(whiteout)} deletes a name this same layer holds, which "
+        "consumers apply in different orders"
+        for whiteout in names.whiteouts
+        if whiteout_target(whiteout) in seen
+    )
+    return tar.offset
+
+
+def _check_hard_link(
+    target: str, name: str, seen: set[str], label: str, problems: list[str]
+) -> None:
+    if target not in seen:
+        problems.append(
+            f"{label}: {show_name(name)} is a hard link to {show_name(target)}, "
+            "which is not earlier in this layer"
+        )
+    elif is_whiteout(target):
+        problems.append(
+            f"{label}: {show_name(name)} is a hard link to the whiteout {show_name(target)}, "
+            "which consumers do not unpack as a file"
+        )
+
+
+def _number_problems(member: tarfile.TarInfo) -> list[str]:
+    """Owner, mode and time as consumers take them: ids are 32-bit on Linux, a mode
+    holds permission (and file type) bits, and Go's archive/tar, which containerd,
+    podman and skopeo read layers with, fails on a time beyond 64-bit seconds."""
+    problems = [
+        f"{key} {value} is out of range (0 to {MAX_ID})"
+        for key, value in (("uid", member.uid), ("gid", member.gid))
+        if not 0 <= value <= MAX_ID
+    ]
+    if member.mode & ~_MODE_BITS or member.mode < 0:
+        problems.append(f"mode {member.mode:o} has bits beyond a file's mode")
+    if not (math.isfinite(member.mtime) and abs(member.mtime) < _MAX_SECONDS):
+        problems.append(f"mtime {member.mtime} is out of range")
+    return problems
+
+
+def _whiteout_problems(name: str) -> list[str]:
+    """A whiteout consumers read alike deletes one named thing, or is the opaque marker."""
+    base = posixpath.basename(name)
+    if base == WHITEOUT or (base.startswith(WHITEOUT + WHITEOUT) and base != OPAQUE):
+        return [f"{show_name(name)} is a whiteout that consumers read differently"]
+    return []
+
+
+def whiteout_target(whiteout: str) -> str | None:
+    """The name a whiteout deletes; None for an opaque marker, which deletes what lower
+    layers hold in its folder."""
+    folder, base = posixpath.split(whiteout)
+    if base == OPAQUE:
+        return None
+    return posixpath.join(folder, base.removeprefix(WHITEOUT))
+
+
+def climbs_out(name: str) -> bool:
+    """Whether a member name is absolute or has a ``..`` part: unpacked as it says, it
+    lands outside the folder it is unpacked into."""
+    return name.startswith("/") or ".." in name.split("/")
 
 
 def show_name(name: str) -> str:

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from nixlayer.errors import NixlayerError
-from nixlayer.layers import CREATED_BY, BlobLayer, Layer, layer_store_paths
+from nixlayer.layers import BlobLayer, Layer, layer_store_paths, written_by_nixlayer
 
 DEFAULT_MTIME = 1
 MAX_TIMESTAMP = 0o77777777777  # what a tar header's mtime field holds
@@ -198,7 +198,7 @@ def image_store_paths(image: SourceImage) -> frozenset[str]:
     """The store paths an image surely holds: those its nixlayer layers list, unless a
     layer another tool wrote sits above them (it may delete files: a whiteout) or the
     history does not pair up with the layers. Then none: nothing is left out."""
-    ours = [layer.history.get("created_by") == CREATED_BY for layer in image.layers]
+    ours = [written_by_nixlayer(layer.history) for layer in image.layers]
     lowest = ours.index(True) if True in ours else len(ours)
     if len(_owned_history(image.config)) != len(image.layers) or not all(ours[lowest:]):
         return frozenset()
