@@ -390,3 +390,73 @@ def test_outer_member_names_that_climb_out(tmp_path: Path, name: str) -> None:
     )
     _input_error(result, str(image), name)
     assert not out.exists()
+
+
+def test_verify_reads_names_as_consumers_clean_them(tmp_path: Path) -> None:
+    """``./nix/./store/.wh.<path>`` is the same whiteout to containerd and umoci."""
+    top = _layer(_member(f"./nix/./store/.wh.{HASH}-one"))
+    image = _archive(tmp_path / "i.tar", [_store_layer(), (top, {"created_by": "tool"})])
+    assert f"hides the store path {ONE}" in _problems(image)
+
+
+def test_verify_flags_a_whiteout_that_deletes_the_folder_above(tmp_path: Path) -> None:
+    top = _layer(_member("nix/", tarfile.DIRTYPE), _member("nix/store/", tarfile.DIRTYPE),
+                 _member("nix/store/.wh.."))  # fmt: skip
+    image = _archive(tmp_path / "i.tar", [_store_layer(), (top, {"created_by": "tool"})])
+    assert "nix/store/.wh.. is a whiteout that consumers read differently" in _problems(image)
+
+
+def test_verify_flags_a_pax_global_header_that_renames(tmp_path: Path) -> None:
+    """tarfile and GNU tar apply a global ``path`` to every later member; Go's
+    archive/tar, as containerd uses it, does not."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT,
+                      pax_headers={"path": "etc/passwd"}) as tar:  # fmt: skip
+        tar.addfile(tarfile.TarInfo("harmless"), io.BytesIO(b""))
+    image = _archive(tmp_path / "i.tar", [(buffer.getvalue(), {"created_by": "tool"})])
+    assert "a PAX global header sets path" in _problems(image)
+
+
+def test_verify_flags_a_store_path_a_nixlayer_layer_does_not_list(tmp_path: Path) -> None:
+    layer, _ = _store_layer()
+    image = _archive(
+        tmp_path / "i.tar",
+        [_store_layer(TWO), (layer, {"created_by": OURS, "comment": "customisation: mkdir /x"})],
+    )
+    assert f"holds the store path {ONE}, which its history does not list" in _problems(image)
+
+
+def test_a_nul_in_a_flag_from_a_settings_file_is_refused(tmp_path: Path) -> None:
+    root, _, path = _store(tmp_path)
+    attrs = tmp_path / "attrs.json"
+    attrs.write_text(json.dumps({
+        "closure": [{"path": path, "references": [], "narSize": 1000}],
+        "nixlayer": {"symlink": ["/x:/etc/a\0b"]},
+    }))  # fmt: skip
+    out = tmp_path / "image.tar"
+    result = run_nixlayer("from-closure", attrs, "--store-root", root, "--settings-from-attrs",
+                          "-o", out, "-q")  # fmt: skip
+    _input_error(result, "--symlink /x:/etc/a\\0b", "NUL")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        ((_member("etc/.wh.passwd"),), "yet it holds the whiteout"),
+        ((_member("etc/.wh.x"), _member("etc/y", tarfile.LNKTYPE, linkname="etc/.wh.x")),
+         "hard link to the whiteout"),
+    ],
+)  # fmt: skip
+def test_from_refuses_a_base_layer_verify_rejects(
+    tmp_path: Path, layer: tuple[Any, ...], message: str
+) -> None:
+    history = {"created_by": OURS, "comment": "customisation: add /etc"}
+    base = _archive(tmp_path / "base.tar", [_store_layer(), (_layer(*layer), history)])
+    root, closure, _ = _store(tmp_path)
+    out = tmp_path / "out.tar"
+    result = run_nixlayer(
+        "from-closure", closure, "--store-root", root, "--from", base, "-o", out, "-q"
+    )
+    _input_error(result, str(base), message)
+    assert not out.exists()
