@@ -180,19 +180,24 @@ def _check_members(stream: IO[bytes], label: str, problems: list[str], names: La
     seen: set[str] = set()
     with tarfile.open(fileobj=stream, mode="r|", errors="surrogateescape") as tar:
         for member in tar:
-            name = member.name.removeprefix("./").rstrip("/")
+            name = _clean(member.name)
             if name in seen:
                 problems.append(f"{label}: holds {show_name(name)} twice")
             if climbs_out(name) or "\0" in name:
                 problems.append(f"{label}: unsafe member name {show_name(name)}")
             if member.islnk():
-                _check_hard_link(member.linkname.removeprefix("./"), name, seen, label, problems)
+                _check_hard_link(_clean(member.linkname), name, seen, label, problems)
             problems.extend(f"{label}: {show_name(name)}: {p}" for p in _number_problems(member))
             if is_whiteout(name):
                 problems.extend(f"{label}: {p}" for p in _whiteout_problems(name))
             names.note(name, member.isdir())
             seen.add(name)
             tar.members = []  # streaming: keep no TarInfo for layers of millions of files
+    if tar.pax_headers.keys() - {"comment"}:
+        problems.append(
+            f"{label}: a PAX global header sets {', '.join(sorted(tar.pax_headers))}, which "
+            "some consumers apply to every later member and others ignore"
+        )
     problems.extend(
         f"{label}: {show_name(whiteout)} deletes a name this same layer holds, which "
         "consumers apply in different orders"
@@ -200,6 +205,12 @@ def _check_members(stream: IO[bytes], label: str, problems: list[str], names: La
         if whiteout_target(whiteout) in seen
     )
     return tar.offset
+
+
+def _clean(name: str) -> str:
+    """A member name as consumers take it (``./a//b/`` is ``a/b``, the root is ``.``);
+    one that climbs out stays as it is, to be reported."""
+    return name if climbs_out(name) else posixpath.normpath(name)
 
 
 def _check_hard_link(
@@ -234,9 +245,12 @@ def _number_problems(member: tarfile.TarInfo) -> list[str]:
 
 
 def _whiteout_problems(name: str) -> list[str]:
-    """A whiteout consumers read alike deletes one named thing, or is the opaque marker."""
+    """A whiteout consumers read alike deletes one named thing beside it, or is the
+    opaque marker; ``.wh.`` or ``.wh..`` would delete its own folder or the one above,
+    and other ``.wh..wh.`` names are Docker's AUFS metadata, which others unpack."""
     base = posixpath.basename(name)
-    if base == WHITEOUT or (base.startswith(WHITEOUT + WHITEOUT) and base != OPAQUE):
+    rest = base.removeprefix(WHITEOUT)
+    if rest in ("", ".", "..") or (rest.startswith(WHITEOUT) and base != OPAQUE):
         return [f"{show_name(name)} is a whiteout that consumers read differently"]
     return []
 

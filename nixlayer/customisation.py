@@ -82,6 +82,9 @@ _SYMLINK = re.compile(r"(?P<dest>/[^:]*):(?P<target>.+)")
 
 
 def _match(pattern: re.Pattern[str], value: str, flag: str, form: str) -> re.Match[str]:
+    if "\0" in value:  # from a settings file: argv cannot hold one
+        shown = value.replace("\0", "\\0")
+        raise NixlayerError(f"{flag} {shown}: holds a NUL byte, which no path or link can")
     match = pattern.fullmatch(value)
     if match is None:
         raise NixlayerError(f"{flag} {value}: expected {form}")

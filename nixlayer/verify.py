@@ -48,7 +48,7 @@ from nixlayer.formats.files import (
 )
 from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT
 from nixlayer.image import layer_histories
-from nixlayer.layers import layer_store_paths, unexpected_whiteouts
+from nixlayer.layers import layer_store_paths, unexpected_whiteouts, written_by_nixlayer
 from nixlayer.tarwriter import END_OF_ARCHIVE
 
 BLOBS = "blobs/sha256/"
@@ -528,9 +528,10 @@ def _merge(layers: Sequence[tuple[str, dict[str, Any], LayerNames]]) -> list[str
     umoci do) loses of the store paths the layers' history lists, or changes in them.
 
     A store path is present from the layer that lists it up, until a higher layer
-    takes it away. A layer nixlayer wrote holds no whiteout; another tool's may (that
-    is how it deletes what a lower layer holds), but not one that reaches into the
-    store. Each cause is one problem, naming one path it hides.
+    takes it away. A layer nixlayer wrote holds no whiteout, and no store path it
+    does not list; another tool's may hold whiteouts (that is how it deletes what a
+    lower layer holds), but none that reaches into the store, nor a file or symlink
+    over it. Each cause is one problem, naming one path it hides.
     """
     listed = [{p.lstrip("/") for p in layer_store_paths(history)} for _, history, _ in layers]
     store_dirs = {posixpath.dirname(path) for paths in listed for path in paths}
@@ -539,6 +540,12 @@ def _merge(layers: Sequence[tuple[str, dict[str, Any], LayerNames]]) -> list[str
     damage: dict[tuple[str, str], set[str]] = {}  # (layer, what it does) -> store paths
     for (label, history, names), paths in zip(layers, listed, strict=True):
         problems += unexpected_whiteouts(history, names, label)
+        if written_by_nixlayer(history):
+            problems += [
+                f"{label}: holds the store path /{name}, which its history does not list"
+                for name in names.store_members
+                if posixpath.dirname(name) in store_dirs and name not in paths
+            ]
         for cause in _causes(names):
             gone, changed = cause.effect(present, store_dirs, names.store_members)
             present -= gone
