@@ -116,7 +116,10 @@ class LayerNames:
 
 
 def is_whiteout(name: str) -> bool:
-    """See ``store.is_whiteout``: the same test on a member name as tarfile gives it."""
+    """Whether a layer member of this name means a deletion rather than a file: every
+    consumer (the OCI image spec, Docker, containerd, podman, umoci) reads a last
+    component ``.wh.NAME`` as "NAME is gone" and ``.wh..wh..opq`` as "this folder's
+    lower contents are gone". No layer nixlayer writes may hold one."""
     return posixpath.basename(name).startswith(WHITEOUT)
 
 

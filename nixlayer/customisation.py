@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nixlayer.blobs import MAX_ID, is_whiteout
 from nixlayer.closure import Closure
 from nixlayer.errors import NixlayerError
 from nixlayer.store import (
@@ -24,7 +25,6 @@ from nixlayer.store import (
     WHITEOUT_REASON,
     Entry,
     Kind,
-    is_whiteout,
     walk_store_path,
     walk_tree,
 )
@@ -32,8 +32,6 @@ from nixlayer.store import (
 ROOT_DIR_MODE = 0o755
 ROOT_FILE_MODE = 0o644
 ROOT_EXECUTABLE_MODE = 0o755
-# Linux ids are 32-bit, and chown takes the last one, (uid_t)-1, for "leave unchanged".
-MAX_ID = 2**32 - 2
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ def _image_name(dest: str, flag: str, allow_root: bool = False) -> bytes:
     parts = [part for part in dest.split("/") if part not in ("", ".")]
     if not dest.startswith("/") or ".." in parts or "\0" in dest:
         raise NixlayerError(f"{flag} {dest}: must be an absolute path without '..'")
-    if any(is_whiteout(os.fsencode(part)) for part in parts):
+    if any(is_whiteout(part) for part in parts):
         raise NixlayerError(f"{flag} {dest}: {WHITEOUT_REASON}")
     if not parts and not allow_root:
         raise NixlayerError(f"{flag} {dest}: cannot replace the image root itself")

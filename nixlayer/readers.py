@@ -24,11 +24,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
+from nixlayer.blobs import is_whiteout
 from nixlayer.closure import DEFAULT_STORE_DIR, Closure, RawEntry, make_closure
 from nixlayer.errors import NixlayerError
 from nixlayer.gcpause import no_cycle_collection
 from nixlayer.jsonstream import TextWindow, load, show_json
-from nixlayer.store import is_whiteout
 
 INPUT_FORMATS = (
     "path-info-list",  # nix path-info --json, Nix <= 2.18 and Lix: [{"path": ...}, ...]
@@ -377,13 +377,13 @@ def _settle_store_dir(declared: list[tuple[str, str]], requested: str | None, so
 def _is_plain_directory(store_dir: str) -> bool:
     """Absolute, below ``/``, with no ``.``, ``..`` or empty part and no NUL: every
     name in a layer starts with the store directory, so it must not climb out; nor
-    may a part be a whiteout name (see ``store.is_whiteout``)."""
+    may a part be a whiteout name (see ``blobs.is_whiteout``)."""
     parts = store_dir.rstrip("/").split("/")[1:]
     return (
         store_dir.startswith("/")
         and "\0" not in store_dir
         and bool(parts)
-        and all(part not in ("", ".", "..") and not is_whiteout(part.encode()) for part in parts)
+        and all(part not in ("", ".", "..") and not is_whiteout(part) for part in parts)
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import NamedTuple
 
+from nixlayer.blobs import WHITEOUT
 from nixlayer.closure import Closure
 from nixlayer.errors import NixlayerError
 
@@ -22,7 +23,6 @@ FILE_MODE = 0o444
 EXECUTABLE_MODE = 0o555
 SYMLINK_MODE = 0o777
 STORE_DIR_MODE = 0o755  # the store directory and its parents, as a multi-user Nix has them
-WHITEOUT_PREFIX = b".wh."
 
 
 class Kind(enum.Enum):
@@ -58,14 +58,7 @@ def store_path_on_disk(store_root: bytes, store_path: str) -> bytes:
     return os.path.join(store_root, os.fsencode(store_path).lstrip(b"/"))
 
 
-def is_whiteout(name: bytes) -> bool:
-    """Whether a layer member of this name means a deletion rather than a file: every
-    consumer (the OCI image spec, Docker, containerd, podman, umoci) reads a last
-    component ``.wh.NAME`` as "NAME is gone" and ``.wh..wh..opq`` as "this folder's
-    lower contents are gone". No layer nixlayer writes may hold one."""
-    return name.rpartition(b"/")[2].startswith(WHITEOUT_PREFIX)
-
-
+_WHITEOUT = os.fsencode(WHITEOUT)
 WHITEOUT_REASON = (
     "a name starting with '.wh.' cannot go into a layer: consumers read it as a "
     "whiteout, a deletion"
@@ -121,7 +114,7 @@ def _walk_folder(name: bytes, disk_path: bytes, pending: list[Entry]) -> Iterato
     prefix = name + b"/" if name else b""
     with os.scandir(disk_path) as children:
         for child in children:
-            if child.name.startswith(WHITEOUT_PREFIX):
+            if child.name.startswith(_WHITEOUT):  # see blobs.is_whiteout
                 raise NixlayerError(f"{os.fsdecode(child.path)}: {WHITEOUT_REASON}")
             if child.is_dir(follow_symlinks=False):
                 entry = _directory(prefix + child.name, child.path)

@@ -7,8 +7,12 @@ of them in one pass over each blob: every blob's sha256 and size against its
 descriptor, every layer's uncompressed sha256 against the config's diff_id, the
 manifests and index against the config, and every layer tar member by member (each
 path once, no absolute or ``..`` names, hard links only to earlier members of the same
-layer, an intact end-of-archive marker). It reads docker-archives (plain or compressed
-as a whole), OCI layout folders and oci-archives, and never unpacks anything.
+layer, ids, modes and times consumers accept, whiteouts they all read alike, an intact
+end-of-archive marker). The layers are then replayed as a consumer merges them: no
+store path a layer's history lists may be hidden by a higher layer, and a layer
+nixlayer wrote holds no whiteout. It reads docker-archives (plain or compressed as a
+whole, with no member name that climbs out), OCI layout folders and oci-archives, and
+never unpacks anything.
 
 Problems with the image are collected in a ``VerifyReport``; only a path that is not
 an image at all raises ``NixlayerError``.
@@ -263,13 +267,15 @@ class _Checker:
         self.store_dirs |= {posixpath.dirname(path).lstrip("/") for path in listed}
         return histories
 
-    def merged(self, where: str, histories: list[dict[str, Any]], reads: list[Any]) -> None:
+    def merged(
+        self, where: str, histories: list[dict[str, Any]], reads: list[BlobRead | None]
+    ) -> None:
         """The image's layers replayed as consumers merge them (see ``_merge``), once
         each was read; not when one is missing."""
-        if all(isinstance(read, BlobRead) for read in reads):
+        names = [read.names for read in reads if read is not None]
+        if len(names) == len(reads):
             labels = [f"{where} layer {number}" for number in range(1, len(reads) + 1)]
-            layers = zip(labels, histories, (read.names for read in reads), strict=True)
-            self.report.problems.extend(_merge(list(layers)))
+            self.report.problems.extend(_merge(list(zip(labels, histories, names, strict=True))))
 
     def diff_ids(self, config: Any, where: str) -> list[str] | None:
         rootfs = config.get("rootfs") if isinstance(config, dict) else None
@@ -329,7 +335,7 @@ def _check_docker_entry(check: _Checker, entry: Any, where: str) -> None:
         check.problem(f"{where}: {len(layers)} layers, but the config has {len(diff_ids)} diff_ids")
         return
     histories = check.watch(config) if diff_ids is not None else None
-    reads = []
+    reads: list[BlobRead | None] = []
     for name, diff_id in zip(layers, diff_ids or [None] * len(layers), strict=True):
         member = os.path.normpath(name)
         compression = _member_compression(check.files, member)
@@ -452,7 +458,7 @@ def _check_manifest(check: _Checker, manifest: Any, where: str, platform: Any) -
         check.problem(f"{where}: {len(layers)} layers, but the config has {len(diff_ids)} diff_ids")
         diff_ids = None
     histories = check.watch(config) if diff_ids is not None else None
-    reads = []
+    reads: list[BlobRead | None] = []
     for number, descriptor in enumerate(layers, 1):
         place = f"{where} layer {number}"
         media_type = descriptor.get("mediaType", "") if isinstance(descriptor, dict) else ""
