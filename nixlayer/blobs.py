@@ -14,6 +14,7 @@ import io
 import math
 import os
 import posixpath
+import re
 import tarfile
 import zlib
 from collections.abc import Callable
@@ -30,7 +31,18 @@ WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"  # "the lower layers' contents of this folder are gone"
 MAX_ID = 2**32 - 2  # Linux ids are 32-bit; chown reads the last, (uid_t)-1, as "unchanged"
 _MODE_BITS = 0o177777  # the permission bits and the file type bits some tools add
-_MAX_SECONDS = 2**63  # what Go's archive/tar (containerd, podman, skopeo) can hold
+_MAX_INT64 = 2**63  # Go's archive/tar (containerd, podman, skopeo) fails on larger numbers
+_READS_PAST_END = 16  # more than tarfile and gzip make at the end of a whole stream
+# PAX numbers as Go's archive/tar parses them; tarfile takes anything else for 0.
+_PAX_NUMBERS = {
+    key: re.compile(pattern, re.ASCII)
+    for key, pattern in (
+        ("size", r"[0-9]+"),
+        ("uid", r"[0-9]+"),
+        ("gid", r"[0-9]+"),
+        ("mtime", r"-?[0-9]+(\.[0-9]*)?"),
+    )
+}
 
 # What reading a damaged or truncated (compressed) tar can raise.
 READ_ERRORS: tuple[type[BaseException], ...] = (
@@ -62,19 +74,28 @@ def reopenable(file: IO[bytes]) -> Path:
 class _Counted(io.RawIOBase):
     """A reader that hashes and counts what passes through it and, for a tar stream,
     remembers the offset of its last non-zero byte, so that data after the point
-    where tarfile stopped can be told from the end-of-archive zeros."""
+    where tarfile stopped can be told from the end-of-archive zeros.
+
+    Reading on and on past the end is an error: tarfile skips a member's data by
+    reading it, and reads past the end for as long as the member's size says, which
+    for a size of 10**23 is forever."""
 
     def __init__(self, source: IO[bytes]) -> None:
         self._source = source
         self.digest = hashlib.sha256()
         self.count = 0
         self.last_data = -1
+        self._reads_past_end = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         data = self._source.read(len(buffer))
+        if not data and buffer:
+            self._reads_past_end += 1
+            if self._reads_past_end > _READS_PAST_END:
+                raise EOFError("it ends inside a member, or the member's size is wrong")
         buffer[: len(data)] = data
         self.digest.update(data)
         kept = len(data.rstrip(b"\0"))
@@ -84,7 +105,7 @@ class _Counted(io.RawIOBase):
         return len(data)
 
     def drain(self) -> None:
-        while self.read(_CHUNK):
+        while not self._reads_past_end and self.read(_CHUNK):
             pass
 
     @property
@@ -232,18 +253,26 @@ def _check_hard_link(
 
 
 def _number_problems(member: tarfile.TarInfo) -> list[str]:
-    """Owner, mode and time as consumers take them: ids are 32-bit on Linux, a mode
-    holds permission (and file type) bits, and Go's archive/tar, which containerd,
-    podman and skopeo read layers with, fails on a time beyond 64-bit seconds."""
+    """Owner, mode, size and time as consumers take them: ids are 32-bit on Linux, a
+    mode holds permission (and file type) bits, and Go's archive/tar, which
+    containerd, podman and skopeo read layers with, fails on a PAX number that is not
+    a plain decimal one, or beyond 64 bits."""
     problems = [
+        f"PAX {key} {value!r} is not a decimal number"
+        for key, value in member.pax_headers.items()
+        if key in _PAX_NUMBERS and not _PAX_NUMBERS[key].fullmatch(value)
+    ]
+    problems += [
         f"{key} {value} is out of range (0 to {MAX_ID})"
         for key, value in (("uid", member.uid), ("gid", member.gid))
         if not 0 <= value <= MAX_ID
     ]
     if member.mode & ~_MODE_BITS or member.mode < 0:
         problems.append(f"mode {member.mode:o} has bits beyond a file's mode")
-    if not (math.isfinite(member.mtime) and abs(member.mtime) < _MAX_SECONDS):
+    if not (math.isfinite(member.mtime) and abs(member.mtime) < _MAX_INT64):
         problems.append(f"mtime {member.mtime} is out of range")
+    if member.size >= _MAX_INT64:
+        problems.append(f"size {member.size} is out of range")
     return problems
 
 

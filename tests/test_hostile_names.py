@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from consumers import Tools, run_nixlayer, unpack_image
+from consumers import Tools, nixlayer_command, run_nixlayer, unpack_image
 from test_hostile import _input_error
 
 from nixlayer.customisation import parse_mkdir
@@ -343,7 +344,10 @@ def test_umoci_deletes_what_a_whiteout_names(tmp_path: Path, tools: Tools) -> No
         ((_member("ab", pax_headers={"path": "a\0b"}),), "unsafe member name"),
         ((_member("x", uid=10**26),), f"uid {10**26} is out of range"),
         ((_member("x", gid=4294967295),), "gid 4294967295 is out of range"),
-        ((_member("x", pax_headers={"mtime": "1e30"}),), "mtime"),
+        ((_member("x", pax_headers={"mtime": "1e30"}),), "PAX mtime '1e30' is not a decimal"),
+        ((_member("x", pax_headers={"uid": "abc"}),), "PAX uid 'abc' is not a decimal number"),
+        ((_member("x", pax_headers={"size": "-1"}),), "PAX size '-1' is not a decimal number"),
+        ((_member("x", pax_headers={"mtime": str(2**64)}),), "mtime 1.8446744073709552e+19 is out"),
     ],
 )  # fmt: skip
 def test_verify_flags_members_consumers_read_differently(
@@ -460,3 +464,14 @@ def test_from_refuses_a_base_layer_verify_rejects(
     )
     _input_error(result, str(base), message)
     assert not out.exists()
+
+
+def test_verify_ends_on_a_size_far_beyond_the_layer(tmp_path: Path) -> None:
+    """tarfile skips a member's data by reading it, past the end for as long as the
+    size says: 10**23 bytes was a hang."""
+    layer = _layer(_member("x", pax_headers={"size": str(10**23)}), _member("y"))
+    image = _archive(tmp_path / "i.tar", [(layer, {"created_by": "tool"})])
+    command = [*nixlayer_command(), "verify", str(image)]
+    result = subprocess.run(command, capture_output=True, check=False, timeout=60)
+    assert result.returncode != 0
+    assert b"size 100000000000000000000000 is out of range" in result.stdout
