@@ -16,11 +16,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from nixlayer.blobs import MAX_ID, is_whiteout
 from nixlayer.closure import Closure
 from nixlayer.errors import NixlayerError, show_path
 from nixlayer.store import (
     EXECUTABLE_MODE,
     SYMLINK_MODE,
+    WHITEOUT_REASON,
     Entry,
     Kind,
     walk_store_path,
@@ -79,6 +81,9 @@ _SYMLINK = re.compile(r"(?P<dest>/[^:]*):(?P<target>.+)", re.DOTALL)
 
 
 def _match(pattern: re.Pattern[str], value: str, flag: str, form: str) -> re.Match[str]:
+    if "\0" in value:  # from a settings file: argv cannot hold one
+        shown = value.replace("\0", "\\0")
+        raise NixlayerError(f"{flag} {shown}: holds a NUL byte, which no path or link can")
     match = pattern.fullmatch(value)
     if match is None:
         raise NixlayerError(f"{flag} {value}: expected {form}")
@@ -94,6 +99,10 @@ def parse_add(value: str) -> AddFiles:
 def parse_mkdir(value: str) -> MakeDirectory:
     match = _match(_MKDIR, value, "--mkdir", "DEST[:MODE[:UID:GID]] with an absolute DEST")
     owner = (int(match["uid"]), int(match["gid"])) if match["uid"] else (0, 0)
+    if max(owner) > MAX_ID:
+        raise NixlayerError(
+            f"--mkdir {value}: a uid or gid must be at most {MAX_ID} (Linux ids are 32-bit)"
+        )
     mode = int(match["mode"], 8) if match["mode"] else ROOT_DIR_MODE
     return MakeDirectory(match["dest"], mode, owner)
 
@@ -115,6 +124,8 @@ def _image_name(dest: str, flag: str, allow_root: bool = False) -> bytes:
     parts = [part for part in dest.split("/") if part not in ("", ".")]
     if not dest.startswith("/") or ".." in parts or "\0" in dest:
         raise NixlayerError(f"{flag} {dest}: must be an absolute path without '..'")
+    if any(is_whiteout(part) for part in parts):
+        raise NixlayerError(f"{flag} {dest}: {WHITEOUT_REASON}")
     if not parts and not allow_root:
         raise NixlayerError(f"{flag} {dest}: cannot replace the image root itself")
     return os.fsencode("/".join(parts))
@@ -125,7 +136,9 @@ class _Root:
 
     Directories merge; an explicit directory (``--mkdir``, an ``--add``-ed folder)
     takes precedence over one implied as a parent; anything else at a taken name
-    is a clash that names both origins.
+    is a clash that names both origins. Nothing may go inside the store directory,
+    and only a directory may stand where one of its parents is: the layer lies above
+    the store layers, and a file or symlink there would hide the whole store.
     """
 
     def __init__(self, store_dir: str) -> None:
@@ -136,6 +149,11 @@ class _Root:
         name = entry.name
         if name == self.store_name or name.startswith(self.store_name + b"/"):
             raise NixlayerError(f"{origin}: {_show(name)} is inside the store directory")
+        if self.store_name.startswith(name + b"/") and entry.kind is not Kind.DIRECTORY:
+            raise NixlayerError(
+                f"{origin}: {_show(name)} is a parent of the store directory "
+                f"{_show(self.store_name)}; a {entry.kind.value} file there would hide the store"
+            )
         self._put_parents(name, origin)
         known = self.entries.get(name)
         if known is None or self._replaces(known, entry, explicit):

@@ -17,8 +17,15 @@ from dataclasses import dataclass
 from typing import IO, Any, Protocol
 
 from nixlayer import version
-from nixlayer.blobs import READ_ERRORS, decompressing, read_layer, reopenable
-from nixlayer.errors import NixlayerError, reason
+from nixlayer.blobs import (
+    READ_ERRORS,
+    BlobRead,
+    LayerNames,
+    decompressing,
+    read_layer,
+    reopenable,
+)
+from nixlayer.errors import NixlayerError, reason, show_path
 from nixlayer.store import Entry, store_layer_entries
 from nixlayer.tarwriter import Emit, LayerLayout, lay_out, write_layer
 
@@ -134,7 +141,8 @@ class BlobLayer:
     before the bytes. Either way the tar is read through once, as ``verify`` reads
     one: its diff_id is checked, so that a corrupt base image stops the build, and so
     does a member name that is absolute, climbs with ``..`` or comes twice, which
-    would reach whoever unpacks the new image.
+    would reach whoever unpacks the new image, and any member ``verify`` would reject
+    in a layer: a whiteout only another tool may write (nixlayer's never hold one).
     """
 
     diff_id: str
@@ -186,17 +194,20 @@ class BlobLayer:
             raise failed.error from None
         if self.digest is not None and read.digest != self.digest:
             raise NixlayerError(f"{self.source}: layer {self.digest} does not match its digest")
-        self._check_read(read.diff_id, read.problems)
+        self._check_read(read, read.diff_id)
         return read.digest
 
     def _check_tar(self, opener: Callable[[], IO[bytes]]) -> None:
         """The uncompressed tar, read through once: its diff_id and its members."""
         read = read_layer(opener, None, f"layer {self.diff_id}")
-        self._check_read(read.digest, read.problems)
+        self._check_read(read, read.digest)
 
-    def _check_read(self, diff_id: str | None, problems: list[str]) -> None:
+    def _check_read(self, read: BlobRead, diff_id: str | None) -> None:
         if diff_id is not None:  # first: is it the layer at all
             self.check(diff_id.removeprefix("sha256:"))
+        problems = read.problems + unexpected_whiteouts(
+            self.history, read.names, f"layer {self.diff_id}"
+        )
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise NixlayerError(f"{self.source}: {problems[0]}{more}")
@@ -295,3 +306,14 @@ def layer_store_paths(history: dict[str, Any]) -> list[str]:
     if not ours or not comment.startswith(STORE_PATHS_PREFIX):
         return []
     return comment.removeprefix(STORE_PATHS_PREFIX).split()
+
+
+def unexpected_whiteouts(history: dict[str, Any], names: LayerNames, label: str) -> list[str]:
+    """A whiteout in a layer nixlayer wrote, which never holds one (another tool's
+    layer may: that is how it deletes a file of a layer below)."""
+    if not written_by_nixlayer(history):
+        return []
+    return [
+        f"{label}: nixlayer wrote it, yet it holds the whiteout {show_path(name)}"
+        for name in names.whiteouts
+    ]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
+from nixlayer.blobs import is_whiteout
 from nixlayer.closure import DEFAULT_STORE_DIR, Closure, RawEntry, make_closure
 from nixlayer.errors import NixlayerError, show_path
 from nixlayer.gcpause import no_cycle_collection
@@ -378,7 +379,8 @@ _NOT_ABSOLUTE = "not an absolute directory (it must start with /)"
 def _store_dir_problem(store_dir: str) -> str | None:
     """What makes ``store_dir`` unfit, in words; None if it is fit: absolute, below
     ``/``, with no ``.``, ``..`` or empty part and no NUL. Every name in a layer starts
-    with the store directory, so it must not climb out."""
+    with the store directory, so it must not climb out; nor may a part be a whiteout
+    name (see ``blobs.is_whiteout``), which consumers would take for a deletion."""
     parts = store_dir.rstrip("/").split("/")[1:]
     if not store_dir.startswith("/"):
         return _NOT_ABSOLUTE
@@ -390,6 +392,8 @@ def _store_dir_problem(store_dir: str) -> str | None:
         return "has an empty part (//)"
     if "." in parts or ".." in parts:
         return "has a '.' or '..' part; it must name its folder without climbing"
+    if any(map(is_whiteout, parts)):
+        return "has a part starting '.wh.', which consumers take for a deletion"
     return None
 
 

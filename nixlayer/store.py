@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import NamedTuple
 
+from nixlayer.blobs import WHITEOUT
 from nixlayer.closure import Closure
 from nixlayer.errors import NixlayerError, kind_of, missing_folder, show_path
 
@@ -53,6 +54,13 @@ class Entry(NamedTuple):
 def store_path_on_disk(store_root: bytes, store_path: str) -> bytes:
     """Where a logical store path (``/nix/store/…``) lives under ``--store-root``."""
     return os.path.join(store_root, os.fsencode(store_path).lstrip(b"/"))
+
+
+_WHITEOUT = os.fsencode(WHITEOUT)
+WHITEOUT_REASON = (
+    "a name starting with '.wh.' cannot go into a layer: consumers read it as a "
+    "whiteout, a deletion"
+)
 
 
 def _directory(name: bytes, disk_path: bytes) -> Entry:
@@ -103,6 +111,8 @@ def _walk_folder(name: bytes, disk_path: bytes, pending: list[Entry]) -> Iterato
     prefix = name + b"/" if name else b""
     with os.scandir(disk_path) as children:
         for child in children:
+            if child.name.startswith(_WHITEOUT):  # see blobs.is_whiteout
+                raise NixlayerError(f"{os.fsdecode(child.path)}: {WHITEOUT_REASON}")
             if child.is_dir(follow_symlinks=False):
                 entry = _directory(prefix + child.name, child.path)
                 pending.append(entry)

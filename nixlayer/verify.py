@@ -7,8 +7,12 @@ of them in one pass over each blob: every blob's sha256 and size against its
 descriptor, every layer's uncompressed sha256 against the config's diff_id, the
 manifests and index against the config, and every layer tar member by member (each
 path once, no absolute or ``..`` names, hard links only to earlier members of the same
-layer, an intact end-of-archive marker). It reads docker-archives (plain or compressed
-as a whole), OCI layout folders and oci-archives, and never unpacks anything.
+layer, ids, modes and times consumers accept, whiteouts they all read alike, an intact
+end-of-archive marker). The layers are then replayed as a consumer merges them: no
+store path a layer's history lists may be hidden by a higher layer, and a layer
+nixlayer wrote holds no whiteout. It reads docker-archives (plain or compressed as a
+whole, with no member name that climbs out), OCI layout folders and oci-archives, and
+never unpacks anything.
 
 Problems with the image are collected in a ``VerifyReport``; only a path that is not
 an image at all raises ``NixlayerError``.
@@ -18,15 +22,23 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
-from nixlayer.blobs import BlobRead, read_blob, read_layer, reopenable
+from nixlayer.blobs import (
+    BlobRead,
+    LayerNames,
+    read_blob,
+    read_layer,
+    reopenable,
+    whiteout_target,
+)
 from nixlayer.errors import NixlayerError, one_line, reason, show_path
 from nixlayer.formats import not_an_image
 from nixlayer.formats.docker_archive import MANIFEST
@@ -39,6 +51,8 @@ from nixlayer.formats.files import (
     tar_files,
 )
 from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT, is_layout_file
+from nixlayer.image import layer_histories
+from nixlayer.layers import layer_store_paths, unexpected_whiteouts, written_by_nixlayer
 from nixlayer.tarwriter import END_OF_ARCHIVE
 
 BLOBS = "blobs/sha256/"
@@ -207,6 +221,7 @@ class _Checker:
         self.report = report
         self._blobs: dict[tuple[str, str | None, bool], BlobRead | None] = {}
         self.read_names: set[str] = set()
+        self.store_dirs: frozenset[str] = frozenset()  # whose members layer reads keep
 
     def problem(self, message: str) -> None:
         self.report.problems.append(message)
@@ -229,7 +244,8 @@ class _Checker:
 
     def layer(self, name: str, compression: str | None) -> BlobRead | None:
         def read() -> BlobRead:
-            found = read_layer(self.files.opener(name), compression, f"layer {name}")
+            opener = self.files.opener(name)
+            found = read_layer(opener, compression, f"layer {name}", self.store_dirs)
             self.report.problems.extend(found.problems)
             return found
 
@@ -242,6 +258,24 @@ class _Checker:
             self._blobs[key] = read() if self.files.has(key[0]) else None
             self.read_names.add(key[0])
         return self._blobs[key]
+
+    def watch(self, config: Any) -> list[dict[str, Any]]:
+        """The history entries of an image's layers (its diff_ids are a list), and the
+        store directories they list paths in added to those layer reads look at."""
+        histories = layer_histories(config)
+        listed = (path for history in histories for path in layer_store_paths(history))
+        self.store_dirs |= {posixpath.dirname(path).lstrip("/") for path in listed}
+        return histories
+
+    def merged(
+        self, where: str, histories: list[dict[str, Any]], reads: list[BlobRead | None]
+    ) -> None:
+        """The image's layers replayed as consumers merge them (see ``_merge``), once
+        each was read; not when one is missing."""
+        names = [read.names for read in reads if read is not None]
+        if len(names) == len(reads):
+            labels = [f"{where} layer {number}" for number in range(1, len(reads) + 1)]
+            self.report.problems.extend(_merge(list(zip(labels, histories, names, strict=True))))
 
     def diff_ids(self, config: Any, where: str) -> list[str] | None:
         rootfs = config.get("rootfs") if isinstance(config, dict) else None
@@ -300,9 +334,15 @@ def _check_docker_entry(check: _Checker, entry: Any, where: str) -> None:
     if diff_ids is not None and len(layers) != len(diff_ids):
         check.problem(f"{where}: {len(layers)} layers, but the config has {len(diff_ids)} diff_ids")
         return
+    histories = check.watch(config) if diff_ids is not None else None
+    reads: list[BlobRead | None] = []
     for name, diff_id in zip(layers, diff_ids or [None] * len(layers), strict=True):
         member = os.path.normpath(name)
-        check.layer_against_diff_id(member, _member_compression(check.files, member), diff_id)
+        compression = _member_compression(check.files, member)
+        check.layer_against_diff_id(member, compression, diff_id)
+        reads.append(check.layer(member, compression))
+    if histories is not None:
+        check.merged(where, histories, reads)
 
 
 def _config_by_name(check: _Checker, name: str, where: str) -> Any:
@@ -415,6 +455,8 @@ def _check_manifest(check: _Checker, manifest: Any, where: str, platform: Any) -
     if diff_ids is not None and len(layers) != len(diff_ids):
         check.problem(f"{where}: {len(layers)} layers, but the config has {len(diff_ids)} diff_ids")
         diff_ids = None
+    histories = check.watch(config) if diff_ids is not None else None
+    reads: list[BlobRead | None] = []
     for number, descriptor in enumerate(layers, 1):
         place = f"{where} layer {number}"
         media_type = descriptor.get("mediaType", "") if isinstance(descriptor, dict) else ""
@@ -424,6 +466,9 @@ def _check_manifest(check: _Checker, manifest: Any, where: str, platform: Any) -
             check.layer_against_diff_id(name, compression, diff_ids[number - 1])
         elif name is not None:
             check.report.layers += 1
+        reads.append(check.layer(name, compression) if name is not None else None)
+    if histories is not None:
+        check.merged(where, histories, reads)
 
 
 def _check_platform(check: _Checker, config: Any, platform: Any, where: str) -> None:
@@ -481,3 +526,97 @@ def _check_docker_beside_oci(check: _Checker) -> None:
             for name, diff_id in zip(map(os.path.normpath, layers), diff_ids, strict=True):
                 compression = _member_compression(check.files, name)
                 check.layer_against_diff_id(name, compression, diff_id, count=False)
+
+
+# --- the merged tree ------------------------------------------------------------------
+
+
+def _merge(layers: Sequence[tuple[str, dict[str, Any], LayerNames]]) -> list[str]:
+    """What a consumer that merges the layers in order (applying whiteouts, opaque
+    markers, and a file or symlink replacing a directory, as containerd, podman and
+    umoci do) loses of the store paths the layers' history lists, or changes in them.
+
+    A store path is present from the layer that lists it up, until a higher layer
+    takes it away. A layer nixlayer wrote holds no whiteout, and no store path it
+    does not list; another tool's may hold whiteouts (that is how it deletes what a
+    lower layer holds), but none that reaches into the store, nor a file or symlink
+    over it. Each cause is one problem, naming one path it hides.
+    """
+    listed = [{p.lstrip("/") for p in layer_store_paths(history)} for _, history, _ in layers]
+    store_dirs = {posixpath.dirname(path) for paths in listed for path in paths}
+    problems: list[str] = []
+    present: set[str] = set()
+    damage: dict[tuple[str, str], set[str]] = {}  # (layer, what it does) -> store paths
+    for (label, history, names), paths in zip(layers, listed, strict=True):
+        problems += unexpected_whiteouts(history, names, label)
+        if written_by_nixlayer(history):
+            problems += [
+                f"{label}: holds the store path /{name}, which its history does not list"
+                for name in names.store_members
+                if posixpath.dirname(name) in store_dirs and name not in paths
+            ]
+        for cause in _causes(names):
+            gone, changed = cause.effect(present, store_dirs, names.store_members)
+            present -= gone
+            damage.setdefault((label, f"{cause.what} hides"), set()).update(gone)
+            damage.setdefault((label, f"{cause.what} changes"), set()).update(changed)
+        present |= paths
+        for hit in damage.values():
+            hit -= paths  # listed again above: a consumer sees this layer's copy
+    for (label, what), hit in damage.items():
+        if hit:
+            more = f" and {len(hit) - 1} more" if len(hit) > 1 else ""
+            problems.append(f"{label}: {what} the store path /{min(hit)}{more}")
+    return problems
+
+
+@dataclass(frozen=True)
+class _Cause:
+    """Something in a layer that takes away what lower layers hold at and below
+    ``name``: a whiteout (``delete``), an opaque marker (``empty``: only below, and
+    not what its own layer holds), or a file or symlink (``replace``)."""
+
+    what: str
+    name: str
+    kind: str
+
+    def effect(
+        self, present: set[str], store_dirs: set[str], held: dict[str, bool]
+    ) -> tuple[set[str], set[str]]:
+        """The present store paths this hides, and those it changes (it acts inside)."""
+        name = self.name
+        if name and not any(_related(name, store_dir) for store_dir in store_dirs):
+            return set(), set()  # elsewhere: the usual case, decided without a scan
+        under = {p for p in present if not name or p.startswith(name + "/")}
+        if self.kind != "empty" and name in present:
+            under.add(name)
+        if self.kind != "replace":
+            under = {p for p in under if not held.get(p)}
+        inside = {
+            p for p in present if name.startswith(p + "/") or (self.kind == "empty" and name == p)
+        }
+        return under, inside
+
+
+def _related(name: str, store_dir: str) -> bool:
+    """Whether ``name`` is the store directory, above it or inside it."""
+    return name == store_dir or store_dir.startswith(name + "/") or name.startswith(store_dir + "/")
+
+
+def _causes(names: LayerNames) -> list[_Cause]:
+    """Each whiteout's target, each opaque marker's folder, and each file or symlink
+    at or above a store path, in the layer."""
+    causes = []
+    for whiteout in names.whiteouts:
+        target = whiteout_target(whiteout)
+        if target is None:
+            folder = posixpath.dirname(whiteout)
+            causes.append(_Cause(f"the opaque marker {show_path(whiteout)}", folder, "empty"))
+        else:
+            causes.append(_Cause(f"the whiteout {show_path(whiteout)}", target, "delete"))
+    causes += [
+        _Cause(f"the non-directory {show_path(name)}", name, "replace")
+        for name, directory in names.store_members.items()
+        if not directory
+    ]
+    return causes

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
-from nixlayer.blobs import READ_ERRORS, Opener, decompressing, reopenable
+from nixlayer.blobs import READ_ERRORS, Opener, climbs_out, decompressing, reopenable
 from nixlayer.errors import NixlayerError, reason, show_path
 
 _MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
@@ -114,19 +114,29 @@ def tar_files(path: Path, source: str | None = None, keep: object = None) -> Ima
     """The regular members of a tar, each readable in place from its offset;
     ``source`` names the archive in messages (default: ``path``). Each opener holds
     ``keep``, the open file that ``path`` may name (``reopenable``), so that the file
-    stays open, and its descriptor's number taken, while an opener may be called."""
+    stays open, and its descriptor's number taken, while an opener may be called.
+
+    A member name that is absolute or climbs with ``..`` is refused, whatever its type:
+    ``docker load`` and skopeo would each read it their own way, or outside the image."""
     source = show_path(path if source is None else source)
     try:
         with tarfile.open(path, "r:") as tar:
-            members = [m for m in tar.getmembers() if m.isreg()]
+            members = tar.getmembers()
     except (tarfile.TarError, OSError) as error:
         raise NixlayerError(f"{source}: not a readable tar archive: {reason(error)}") from None
+    for member in members:
+        if climbs_out(member.name):
+            raise NixlayerError(
+                f"{source}: holds the member {show_path(member.name)}, "
+                "a name that is absolute or climbs out with '..'"
+            )
     files: dict[str, tuple[int, Opener]] = {
         os.path.normpath(m.name): (
             m.size,
             partial(_open_slice, path, m.offset_data, m.size, keep),
         )
         for m in members
+        if m.isreg()
     }
     return ImageFiles(source, files)
 
