@@ -7,7 +7,6 @@ budget, and settle the image's identity and run config.
 
 from __future__ import annotations
 
-import json
 import os
 import tarfile
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +33,7 @@ from nixlayer.image import (
     source_date_epoch,
     timestamp,
 )
+from nixlayer.jsonfile import CLOSURE_SIZED_LIMIT, load_json
 from nixlayer.layers import EntriesLayer, Layer, StoreLayer, layer_store_paths
 from nixlayer.plan import Plan, PlanLayer, make_plan
 from nixlayer.readers import read_closure
@@ -176,10 +176,7 @@ def load_groups(path: Path | None) -> list[list[str]]:
     """``--group FILE``: a JSON list of lists of name globs."""
     if path is None:
         return []
-    try:
-        groups = json.loads(path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise NixlayerError(f"--group {path}: cannot read it as JSON: {error}") from None
+    groups = load_json(path, f"--group {path}")
     if not isinstance(groups, list) or not all(
         isinstance(g, list) and g and all(isinstance(glob, str) for glob in g) for g in groups
     ):
@@ -242,7 +239,9 @@ def load_layering(
 
 
 def _json_or_none(path: Path) -> Any:
+    """The JSON in ``path`` if it is a file of a plan's size that holds JSON: else it is
+    an image or a closure (which may be larger, and is streamed: ``read_closure``)."""
     try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        return load_json(path, str(path), CLOSURE_SIZED_LIMIT)
+    except NixlayerError:
         return None

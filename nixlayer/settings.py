@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nixlayer.errors import NixlayerError
+from nixlayer.jsonfile import CLOSURE_SIZED_LIMIT, load_json
 from nixlayer.runconfig import check_run_config
 
 DEFAULT_KEY = "nixlayer"
@@ -68,10 +69,7 @@ def _checked(key: str, value: Any, where: str) -> Any:
 def load_attrs_settings(path: Path, key: str = DEFAULT_KEY) -> dict[str, Any]:
     """The settings as CLI parameter names → values; ``config`` (an OCI ``config``
     object) comes back as ``inline_config``."""
-    try:
-        attrs = json.loads(path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise NixlayerError(f"{path}: cannot read its settings: {error}") from None
+    attrs = load_json(path, f"--settings-from-attrs {path}", CLOSURE_SIZED_LIMIT)
     where = f"{path}: attribute {key!r}"
     settings = attrs.get(key) if isinstance(attrs, dict) else None
     if not isinstance(settings, dict):

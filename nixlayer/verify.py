@@ -16,7 +16,6 @@ an image at all raises ``NixlayerError``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tarfile
@@ -38,6 +37,7 @@ from nixlayer.formats.files import (
     tar_files,
 )
 from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT
+from nixlayer.jsonfile import parse_json
 from nixlayer.tarwriter import END_OF_ARCHIVE
 
 BLOBS = "blobs/sha256/"
@@ -216,11 +216,9 @@ class _Checker:
             self.problem(f"{what} {name} is missing")
             return None
         try:
-            return json.loads(self.files.read(name))
+            return parse_json(self.files.read(name), f"{what} {name}")
         except NixlayerError as error:
             self.problem(str(error))
-        except (ValueError, UnicodeDecodeError) as error:
-            self.problem(f"{what} {name} is not valid JSON: {error}")
         return None
 
     def blob(self, name: str) -> BlobRead | None:
@@ -237,9 +235,15 @@ class _Checker:
     def _cached(
         self, key: tuple[str, str | None, bool], read: Callable[[], BlobRead]
     ) -> BlobRead | None:
+        """None if the blob is missing, or cannot be opened (a named pipe, a device:
+        that problem is reported here)."""
         if key not in self._blobs:
-            self._blobs[key] = read() if self.files.has(key[0]) else None
+            self._blobs[key] = None
             self.read_names.add(key[0])
+            try:
+                self._blobs[key] = read() if self.files.has(key[0]) else None
+            except NixlayerError as error:
+                self.problem(str(error))
         return self._blobs[key]
 
     def diff_ids(self, config: Any, where: str) -> list[str] | None:
@@ -260,7 +264,8 @@ class _Checker:
         found = self.layer(name, compression)
         self.report.layers += count
         if found is None:
-            self.problem(f"layer {name} is missing")
+            if not self.files.has(name):  # else it could not be opened: reported
+                self.problem(f"layer {name} is missing")
         elif None not in (found.diff_id, diff_id) and found.diff_id != diff_id:
             self.problem(
                 f"layer {name}: its tar's sha256 is {found.diff_id}, the diff_id {diff_id}"
@@ -391,7 +396,7 @@ def _check_descriptor(
     name = BLOBS + matched.group(1)
     found = check.layer(name, compression) if layer else check.blob(name)
     if found is None:
-        if "urls" not in descriptor:
+        if "urls" not in descriptor and not check.files.has(name):
             check.problem(f"{where}: blob {digest} is missing")
         return None
     if found.digest != digest:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import threading
@@ -32,6 +31,7 @@ from nixlayer.image import (
     layer_histories,
     qualified_name,
 )
+from nixlayer.jsonfile import load_json
 from nixlayer.layers import BlobLayer, Layer
 from nixlayer.output import pending_file, scratch_folder
 from nixlayer.store import walk_tree
@@ -266,13 +266,9 @@ def _platform(spec: ImageSpec) -> dict[str, str]:
 def _existing_manifests(folder: Path) -> list[dict[str, Any]]:
     """What the layout's ``index.json`` lists (nothing when it has none)."""
     path = folder / INDEX
-    if not path.is_file():
+    if not os.path.lexists(path):
         return []
-    try:
-        index = json.loads(path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise NixlayerError(f"-o {folder}: cannot read {INDEX}: {error}") from None
-    return _manifests(index, f"-o {folder}: {INDEX}")
+    return _manifests(load_json(path, f"-o {folder}: {INDEX}"), f"-o {folder}: {INDEX}")
 
 
 def _manifests(index: Any, where: str) -> list[dict[str, Any]]:
