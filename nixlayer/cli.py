@@ -473,7 +473,37 @@ def _terminate(signum: int, frame: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
+class _ClosedStream:
+    """What stands for a standard stream that was closed when nixlayer started: using it
+    is an error. (Python puts None there, and ``print(file=None)`` writes to stdout.)"""
+
+    closed = True  # so that Python does not flush it on the way out
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, attribute: str) -> NoReturn:
+        raise NixlayerError(f"{self.name} is closed")
+
+
+def _guard_standard_streams() -> None:
+    """Keep descriptors 0, 1 and 2 taken, by /dev/null where one was closed (``<&-``,
+    ``>&-``, ``2>&-``), so that no file opened later gets the number and becomes a
+    stream for nixlayer or the programs it runs. A closed stdin or stdout is an error
+    where it is used; a closed stderr takes the notes and errors it was closed for."""
+    for fd, name in enumerate(("standard input", "standard output", "standard error")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+            if fd == 2:
+                sys.stderr = open(fd, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
+            else:
+                setattr(sys, ("stdin", "stdout")[fd], _ClosedStream(name))
+
+
 def main() -> None:
+    _guard_standard_streams()
     signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False)
