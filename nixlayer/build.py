@@ -23,6 +23,7 @@ from nixlayer.image import (
     MAX_TIMESTAMP,
     ImageSettings,
     SourceImage,
+    config_problems,
     default_name,
     host_architecture,
     image_store_paths,
@@ -80,6 +81,17 @@ def load_closure(source: ClosureInput, note: Callable[[str], None]) -> Closure:
     return closure
 
 
+def read_base(value: str) -> SourceImage:
+    """``--from``: a base image, refused where its config has a field of the wrong type
+    (``architecture`` a list, a history entry's ``comment`` a number): consumers refuse
+    such a config, and the new image's would carry the same fields."""
+    base = read_image(value, "--from")
+    problems = config_problems(base.config)
+    if problems:
+        raise NixlayerError(f"--from {value}: the config's {problems[0]}")
+    return base
+
+
 def layer_budget(
     max_layers: int, base: SourceImage | None, customised: bool, store: bool = True
 ) -> int:
@@ -102,7 +114,7 @@ def _platform(arch: str | None, base: SourceImage | None) -> tuple[str, str | No
     base_platform = (base.config.get("architecture"), base.config.get("variant"))
     if arch is not None and parse_architecture(arch) != base_platform:
         raise NixlayerError(f"--arch {arch}: the base image {base.source} is {base_platform[0]}")
-    return str(base_platform[0]), base_platform[1]
+    return base_platform[0], base_platform[1]
 
 
 def image_settings(

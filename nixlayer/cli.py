@@ -24,6 +24,7 @@ from nixlayer.build import (
     load_groups,
     load_layering,
     plan_image,
+    read_base,
 )
 from nixlayer.cache import LayerCache, default_cache_dir
 from nixlayer.closure import DEFAULT_STORE_DIR, Closure
@@ -231,7 +232,7 @@ def from_closure(
     o.__dict__.update(_with_attrs_settings(ctx, given))
     source = ClosureInput(o.closure_file, o.input_format, o.attrs_key, o.store_dir, o.store_root)
     closure = load_closure(source, lambda message: _note(message, o.quiet))
-    base = read_image(o.from_image, "--from") if o.from_image else None
+    base = read_base(o.from_image) if o.from_image else None
     customisation = Customisation(
         contents=tuple(o.contents or ()),
         link_paths=parse_link_paths(o.link_paths) if o.link_paths else ("/",),
@@ -367,7 +368,7 @@ def plan_command(
     if fleet:
         _plan_fleet(closures, closure_files, names, strategy, max_layers, quiet)
         return
-    provided = image_store_paths(read_image(from_image, "--from")) if from_image else frozenset()
+    provided = image_store_paths(read_base(from_image)) if from_image else frozenset()
     last_build = LastBuild(previous, sources[0]) if previous else None
     before = last_plan(last_build, strategy, max_layers, provided)
     plan = make_plan(

@@ -37,11 +37,11 @@ def describe_image(image: SourceImage) -> dict[str, Any]:
 
 def format_description(description: dict[str, Any]) -> str:
     """A short text: the image, its run config, then one line a layer."""
-    platform = "/".join(p for p in (description["os"], description["architecture"],
-                                      description["variant"]) if p)  # fmt: skip
+    platform = "/".join(_shown(p) for p in (description["os"], description["architecture"],
+                                             description["variant"]) if p)  # fmt: skip
     tags = ", ".join(description["repo_tags"]) or "(no tag)"
     lines = [
-        f"{description['source']}: {tags}, {platform}, created {description['created']}",
+        f"{description['source']}: {tags}, {platform}, created {_shown(description['created'])}",
         f"config: {json.dumps(description['config'], sort_keys=True)}",
         f"{'layer':>5}  {'size':>10}  {'digest':<19}  contents",
     ]
@@ -52,7 +52,13 @@ def format_description(description: dict[str, Any]) -> str:
             + " ".join(p.rsplit("/", 1)[-1] for p in paths[:3])
             + (" …" if len(paths) > 3 else "")
             if paths
-            else layer["comment"] or "-"
+            else _shown(layer["comment"] or "-")
         )
         lines.append(f"{index:>5}  {human_size(layer['size']):>10}  {layer['digest'][:19]}  {what}")
     return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    """A field as the config has it: a string as it is, another type (which ``verify``
+    reports) as JSON, never as Python would print it."""
+    return value if isinstance(value, str) else json.dumps(value)

@@ -132,3 +132,8 @@ def _within_depth(value: Any) -> bool:
         if not level:
             return True
     return False
+
+
+def json_strings(value: Any) -> bool:
+    """Whether ``value`` is a JSON list of strings."""
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nixlayer.errors import NixlayerError
-from nixlayer.formats.files import json_strings
-from nixlayer.jsonfile import load_json, parse_json
+from nixlayer.jsonfile import json_strings, load_json, parse_json
 from nixlayer.jsonstream import show_json
 
 _LIST_FIELDS = ("Cmd", "Entrypoint")

@@ -37,7 +37,9 @@ from nixlayer.formats.files import (
     tar_files,
 )
 from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT
+from nixlayer.image import config_problems
 from nixlayer.jsonfile import parse_json
+from nixlayer.runconfig import check_run_config
 from nixlayer.tarwriter import END_OF_ARCHIVE
 
 BLOBS = "blobs/sha256/"
@@ -246,6 +248,19 @@ class _Checker:
                 self.problem(str(error))
         return self._blobs[key]
 
+    def config_types(self, config: Any, where: str) -> None:
+        """Every typed field of an image config with the type consumers decode it as."""
+        if not isinstance(config, dict):
+            self.problem(f"{where}: not a JSON object")
+            return
+        for problem in config_problems(config):
+            self.problem(f"{where}: {problem}")
+        if config.get("config") is not None:
+            try:
+                check_run_config(config["config"], f"{where}: config")
+            except NixlayerError as error:
+                self.problem(str(error))
+
     def diff_ids(self, config: Any, where: str) -> list[str] | None:
         rootfs = config.get("rootfs") if isinstance(config, dict) else None
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
@@ -296,6 +311,8 @@ def _check_docker_entry(check: _Checker, entry: Any, where: str) -> None:
         return
     config_name = os.path.normpath(entry["Config"])
     config = _config_by_name(check, config_name, where)
+    if config is not None:
+        check.config_types(config, config_name)
     diff_ids = check.diff_ids(config, config_name) if config is not None else None
     layers = entry.get("Layers")
     if not isinstance(layers, list) or not all(isinstance(name, str) for name in layers):
@@ -412,6 +429,8 @@ def _check_manifest(check: _Checker, manifest: Any, where: str, platform: Any) -
         check.problem(f"{where}: not an image manifest (schemaVersion 2)")
         return
     config = _descriptor_blob(check, manifest.get("config"), f"{where} config")
+    if config is not None:
+        check.config_types(config, f"{where} config")
     diff_ids = check.diff_ids(config, f"{where} config") if config is not None else None
     _check_platform(check, config, platform, where)
     layers = manifest.get("layers")

@@ -89,11 +89,6 @@ def read_config(files: ImageFiles, name: str) -> tuple[dict[str, Any], Any]:
     return config, rootfs.get("diff_ids")
 
 
-def json_strings(value: Any) -> bool:
-    """Whether ``value`` is a JSON list of strings."""
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
 def folder_files(path: Path) -> ImageFiles:
     """The files of a layout folder, each opened only if it is a regular file: a named
     pipe or a link to a device where a blob should be is an error, not a wait for ever.

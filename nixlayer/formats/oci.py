@@ -21,7 +21,7 @@ from nixlayer.cache import CachedLayer, LayerCache, layer_key
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
 from nixlayer.formats.docker_archive import MANIFEST
-from nixlayer.formats.files import ImageFiles, json_object, json_strings, read_config
+from nixlayer.formats.files import ImageFiles, json_object, read_config
 from nixlayer.image import (
     ImageSpec,
     SourceImage,
@@ -31,7 +31,7 @@ from nixlayer.image import (
     layer_histories,
     qualified_name,
 )
-from nixlayer.jsonfile import load_json
+from nixlayer.jsonfile import json_strings, load_json
 from nixlayer.layers import BlobLayer, Layer
 from nixlayer.output import pending_file, scratch_folder
 from nixlayer.store import walk_tree
@@ -100,7 +100,8 @@ def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
     )
     annotations = json_object(descriptor.get("annotations", {}), f"{where}'s annotations")
     ref_name = annotations.get(CONTAINERD_NAME)
-    return SourceImage(files.source, config, blobs, (ref_name,) if ref_name else ())
+    tags = (ref_name,) if isinstance(ref_name, str) and ref_name else ()
+    return SourceImage(files.source, config, blobs, tags)
 
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
