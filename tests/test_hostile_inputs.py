@@ -462,3 +462,25 @@ def test_notes_with_stderr_closed_stay_out_of_the_image_on_stdout(
                             "-o", "-", "--no-cache", shell_redirect="2>&-")  # fmt: skip
     assert result.returncode == 0
     assert result.stdout == small["docker"].read_bytes()
+
+
+# --- a closure that never ends -------------------------------------------------------
+
+
+def test_a_closure_read_from_a_device_ends(small: dict[str, Path]) -> None:
+    """The closure may come from a pipe, so it is not held to a regular file: but one
+    entry or line that goes on for ever is refused before the memory runs out."""
+    _input_error(run_separately("plan", "/dev/zero"), "/dev/zero", "not a closure")
+
+
+def test_a_closure_whose_string_never_ends(small: dict[str, Path]) -> None:
+    endless = 'printf \'["\'; tr "\\0" a < /dev/zero'
+    with subprocess.Popen(["sh", "-c", endless], stdout=subprocess.PIPE) as writer:
+        try:
+            result = subprocess.run(
+                [*nixlayer_command(), "plan", "-"], stdin=writer.stdout, capture_output=True,
+                check=False, timeout=_SECONDS, preexec_fn=_bounded,
+            )  # fmt: skip
+        finally:
+            writer.kill()
+    _input_error(result, "<stdin>", "not a closure")
