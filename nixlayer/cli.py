@@ -492,15 +492,15 @@ def _guard_standard_streams() -> None:
     ``>&-``, ``2>&-``), so that no file opened later gets the number and becomes a
     stream for nixlayer or the programs it runs. A closed stdin or stdout is an error
     where it is used; a closed stderr takes the notes and errors it was closed for."""
-    for fd, name in enumerate(("standard input", "standard output", "standard error")):
+    streams = (("stdin", "standard input"), ("stdout", "standard output"), ("stderr", ""))
+    for fd, (attribute, name) in enumerate(streams):
         try:
             os.fstat(fd)
         except OSError:
             os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
-            if fd == 2:
-                sys.stderr = open(fd, "w", errors="backslashreplace", closefd=False)  # noqa: SIM115
-            else:
-                setattr(sys, ("stdin", "stdout")[fd], _ClosedStream(name))
+            # stderr writes to /dev/null, as asked; stdin and stdout fail where used
+            stream = open(fd, "w", closefd=False) if fd == 2 else _ClosedStream(name)  # noqa: SIM115
+            setattr(sys, attribute, stream)
 
 
 def main() -> None:

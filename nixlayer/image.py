@@ -192,7 +192,8 @@ def config_problems(config: dict[str, Any]) -> list[str]:
     """The typed fields of an image config that have another type, and the required
     ones (the platform) that are missing, each as a phrase like ``architecture is not a
     string``."""
-    problems = [f"{key} is missing" for key in ("architecture", "os") if not config.get(key)]
+    required = ("architecture", "os")
+    problems = [f"{key} is missing" for key in required if config.get(key) in (None, "")]
     problems += [f"{key} is not a string" for key in _CONFIG_STRINGS if not _string(config, key)]
     features = config.get("os.features")
     if features is not None and not json_strings(features):
@@ -209,7 +210,7 @@ def config_problems(config: dict[str, Any]) -> list[str]:
             for key in _HISTORY_STRINGS
             if not _string(entry, key)
         ]
-        if entry.get("empty_layer") not in (None, True, False):
+        if not isinstance(entry.get("empty_layer"), (bool, type(None))):
             problems.append(f"history entry {number}: empty_layer is not true or false")
     return problems
 

@@ -2,10 +2,11 @@
 file), plans, ``--config``, ``--group``, settings, the JSON of ``--cmd``, cache entries.
 
 Every one goes through ``parse_json``, and every one that is a file on disk through
-``read_regular``, so that no input can end in anything but one ``NixlayerError``
-naming it: not a ``RecursionError`` from JSON nested 100,000 levels deep, not a
-read that never ends (a named pipe nobody writes to) or that fills the memory (a
-link to ``/dev/zero``). The closure is read differently, streamed (``readers``).
+``open_regular`` and ``read_bounded`` (``load_json`` does all three), so that no input
+can end in anything but one ``NixlayerError`` naming it: not a ``RecursionError`` from
+JSON nested 100,000 levels deep, not a read that never ends (a named pipe nobody writes
+to) or that fills the memory (a link to ``/dev/zero``). The closure is read otherwise:
+streamed, by ``jsonstream``, as it may be large and may come from a pipe.
 """
 
 from __future__ import annotations
