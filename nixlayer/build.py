@@ -7,7 +7,6 @@ budget, and settle the image's identity and run config.
 
 from __future__ import annotations
 
-import json
 import os
 import tarfile
 from collections.abc import Callable, Mapping, Sequence
@@ -17,13 +16,14 @@ from typing import Any
 
 from nixlayer.closure import DEFAULT_STORE_DIR, Closure
 from nixlayer.customisation import Customisation, customisation_entries, describe
-from nixlayer.errors import NixlayerError, reason, show_path
+from nixlayer.errors import NixlayerError, show_path
 from nixlayer.formats import read_image
 from nixlayer.image import (
     DEFAULT_MTIME,
     MAX_TIMESTAMP,
     ImageSettings,
     SourceImage,
+    config_problems,
     default_name,
     host_architecture,
     image_store_paths,
@@ -34,6 +34,7 @@ from nixlayer.image import (
     source_date_epoch,
     timestamp,
 )
+from nixlayer.jsonfile import CLOSURE_SIZED_LIMIT, load_json
 from nixlayer.layers import EntriesLayer, Layer, StoreLayer, layer_store_paths
 from nixlayer.plan import Plan, PlanLayer, make_plan
 from nixlayer.readers import read_closure
@@ -84,6 +85,17 @@ def load_closure(source: ClosureInput, note: Callable[[str], None]) -> Closure:
     return closure
 
 
+def read_base(value: str) -> SourceImage:
+    """``--from``: a base image, refused where its config has a field of the wrong type
+    (``architecture`` a list, a history entry's ``comment`` a number): consumers refuse
+    such a config, and the new image's would carry the same fields."""
+    base = read_image(value, "--from")
+    problems = config_problems(base.config)
+    if problems:
+        raise NixlayerError(f"--from {value}: the config's {problems[0]}")
+    return base
+
+
 def layer_budget(
     max_layers: int, base: SourceImage | None, customised: bool, store: bool = True
 ) -> int:
@@ -106,7 +118,7 @@ def _platform(arch: str | None, base: SourceImage | None) -> tuple[str, str | No
     base_platform = (base.config.get("architecture"), base.config.get("variant"))
     if arch is not None and parse_architecture(arch) != base_platform:
         raise NixlayerError(f"--arch {arch}: the base image {base.source} is {base_platform[0]}")
-    return str(base_platform[0]), base_platform[1]
+    return base_platform[0], base_platform[1]
 
 
 def image_settings(
@@ -186,12 +198,7 @@ def load_groups(path: Path | None) -> list[list[str]]:
     """``--group FILE``: a JSON list of lists of name globs."""
     if path is None:
         return []
-    try:
-        groups = json.loads(path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise NixlayerError(
-            f"--group {show_path(path)}: cannot read it as JSON: {reason(error)}"
-        ) from None
+    groups = load_json(path, f"--group {show_path(path)}")
     if not isinstance(groups, list) or not all(
         isinstance(g, list) and g and all(isinstance(glob, str) for glob in g) for g in groups
     ):
@@ -256,7 +263,9 @@ def load_layering(
 
 
 def _json_or_none(path: Path) -> Any:
+    """The JSON in ``path`` if it is a file of a plan's size that holds JSON: else it is
+    an image or a closure (which may be larger, and is streamed: ``read_closure``)."""
     try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        return load_json(path, str(path), CLOSURE_SIZED_LIMIT)
+    except NixlayerError:
         return None

@@ -21,11 +21,13 @@ from typing import Any
 
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
+from nixlayer.jsonfile import load_json
 from nixlayer.output import pending_file
 from nixlayer.tarwriter import TAR_FORMAT
 
 CACHE_FORMAT = 2  # 2: entries carry a checksum
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_ENTRY_LIMIT = 4096  # an entry is some 250 bytes
 
 
 @dataclass(frozen=True)
@@ -75,8 +77,8 @@ class LayerCache:
         if path is None:
             return None
         try:
-            return _parse(json.loads(path.read_bytes()), key)
-        except (OSError, ValueError, TypeError):
+            return _parse(load_json(path, str(path), _ENTRY_LIMIT), key)
+        except (NixlayerError, TypeError):
             return None
 
     def put(self, key: str, layer: CachedLayer) -> None:

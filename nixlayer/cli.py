@@ -27,6 +27,7 @@ from nixlayer.build import (
     load_groups,
     load_layering,
     plan_image,
+    read_base,
 )
 from nixlayer.cache import LayerCache, default_cache_dir
 from nixlayer.closure import DEFAULT_STORE_DIR, Closure
@@ -288,7 +289,7 @@ def from_closure(
     source = ClosureInput(o.closure_file, o.input_format, o.attrs_key, o.store_dir, o.store_root)
     notes: list[str] = []
     closure = load_closure(source, notes.append)
-    base = read_image(o.from_image, "--from") if o.from_image else None
+    base = read_base(o.from_image) if o.from_image else None
     customisation = Customisation(
         contents=tuple(o.contents or ()),
         link_paths=parse_link_paths(o.link_paths) if o.link_paths else ("/",),
@@ -447,7 +448,7 @@ def plan_command(
         notes.extend(_plan_fleet(closures, closure_files, names, strategy, max_layers))
         _notes(notes, quiet)
         return
-    provided = image_store_paths(read_image(from_image, "--from")) if from_image else frozenset()
+    provided = image_store_paths(read_base(from_image)) if from_image else frozenset()
     last_build = LastBuild(previous, sources[0]) if previous else None
     before = last_plan(last_build, strategy, max_layers, provided)
     plan = make_plan(
@@ -597,7 +598,37 @@ def _terminate(signum: int, frame: object) -> NoReturn:
     raise KeyboardInterrupt
 
 
+class _ClosedStream:
+    """What stands for a standard stream that was closed when nixlayer started: using it
+    is an error. (Python puts None there, and ``print(file=None)`` writes to stdout.)"""
+
+    closed = True  # so that Python does not flush it on the way out
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, attribute: str) -> NoReturn:
+        raise NixlayerError(f"{self.name} is closed")
+
+
+def _guard_standard_streams() -> None:
+    """Keep descriptors 0, 1 and 2 taken, by /dev/null where one was closed (``<&-``,
+    ``>&-``, ``2>&-``), so that no file opened later gets the number and becomes a
+    stream for nixlayer or the programs it runs. A closed stdin or stdout is an error
+    where it is used; a closed stderr takes the notes and errors it was closed for."""
+    streams = (("stdin", "standard input"), ("stdout", "standard output"), ("stderr", ""))
+    for fd, (attribute, name) in enumerate(streams):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: this one
+            # stderr writes to /dev/null, as asked; stdin and stdout fail where used
+            stream = open(fd, "w", closefd=False) if fd == 2 else _ClosedStream(name)  # noqa: SIM115
+            setattr(sys, attribute, stream)
+
+
 def main() -> None:
+    _guard_standard_streams()
     signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(standalone_mode=False)

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from nixlayer.errors import NixlayerError
+from nixlayer.jsonfile import json_strings
 from nixlayer.layers import BlobLayer, Layer, layer_store_paths, written_by_nixlayer
 
 DEFAULT_MTIME = 1
@@ -175,7 +176,7 @@ def config_json(spec: ImageSpec, diff_ids: Sequence[str]) -> bytes:
     A base image's history is kept as it was, with ours after it.
     """
     settings = spec.settings
-    base_history = spec.base.config.get("history", []) if spec.base else []
+    base_history = (spec.base.config.get("history") if spec.base else None) or []
     config: dict[str, Any] = {
         "architecture": settings.architecture,
         "os": "linux",
@@ -190,6 +191,46 @@ def config_json(spec: ImageSpec, diff_ids: Sequence[str]) -> bytes:
     if settings.variant:
         config["variant"] = settings.variant
     return canonical_json(config)
+
+
+# The fields of an image config that the OCI image spec types, other than ``config``
+# (``runconfig.check_run_config``) and ``rootfs`` (read with the layers): consumers
+# decode them into typed fields, and refuse a config where one has another type.
+# null is a field not set, for them as for nixlayer.
+_CONFIG_STRINGS = ("created", "author", "architecture", "os", "os.version", "variant")
+_HISTORY_STRINGS = ("created", "author", "created_by", "comment")
+
+
+def config_problems(config: dict[str, Any]) -> list[str]:
+    """The typed fields of an image config that have another type, and the required
+    ones (the platform) that are missing, each as a phrase like ``architecture is not a
+    string``."""
+    required = ("architecture", "os")
+    problems = [f"{key} is missing" for key in required if config.get(key) in (None, "")]
+    problems += [f"{key} is not a string" for key in _CONFIG_STRINGS if not _string(config, key)]
+    features = config.get("os.features")
+    if features is not None and not json_strings(features):
+        problems.append("os.features is not a list of strings")
+    history = config.get("history")
+    if history is not None and not isinstance(history, list):
+        problems.append("history is not a list")
+    for number, entry in enumerate(history if isinstance(history, list) else (), 1):
+        if not isinstance(entry, dict):
+            problems.append(f"history entry {number} is not an object")
+            continue
+        problems += [
+            f"history entry {number}: {key} is not a string"
+            for key in _HISTORY_STRINGS
+            if not _string(entry, key)
+        ]
+        if not isinstance(entry.get("empty_layer"), (bool, type(None))):
+            problems.append(f"history entry {number}: empty_layer is not true or false")
+    return problems
+
+
+def _string(fields: dict[str, Any], key: str) -> bool:
+    """Whether ``key`` is a string, or not set."""
+    return isinstance(fields.get(key), (str, type(None)))
 
 
 def layer_histories(config: dict[str, Any]) -> list[dict[str, Any]]:

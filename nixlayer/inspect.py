@@ -40,11 +40,11 @@ def format_description(description: dict[str, Any]) -> str:
     """A short text: the image, its run config, then one line a layer. What the image
     says of itself (tags, comments) is shown on one line, with no control character
     reaching the terminal."""
-    platform = "/".join(p for p in (description["os"], description["architecture"],
-                                      description["variant"]) if p)  # fmt: skip
+    platform = "/".join(_shown(p) for p in (description["os"], description["architecture"],
+                                             description["variant"]) if p)  # fmt: skip
     tags = ", ".join(description["repo_tags"]) or "(no tag)"
     lines = [
-        f"{description['source']}: {tags}, {platform}, created {description['created']}",
+        f"{description['source']}: {tags}, {platform}, created {_shown(description['created'])}",
         f"config: {json.dumps(description['config'], sort_keys=True)}",
         f"{'layer':>5}  {'size':>10}  {'digest':<19}  contents",
     ]
@@ -55,7 +55,13 @@ def format_description(description: dict[str, Any]) -> str:
             + " ".join(p.rsplit("/", 1)[-1] for p in paths[:3])
             + (" …" if len(paths) > 3 else "")
             if paths
-            else layer["comment"] or "-"
+            else _shown(layer["comment"] or "-")
         )
         lines.append(f"{index:>5}  {human_size(layer['size']):>10}  {layer['digest'][:19]}  {what}")
     return "\n".join(map(one_line, lines))
+
+
+def _shown(value: Any) -> str:
+    """A field as the config has it: a string as it is, another type (which ``verify``
+    reports) as JSON, never as Python would print it."""
+    return value if isinstance(value, str) else json.dumps(value)

@@ -31,6 +31,10 @@ _WHITESPACE = " \t\n\r"
 _SPACES = re.compile(r"[ \t\n\r]*").match
 _SHOW = 80
 _LONGEST_TOKEN = 16  # "-Infinity", a \uXXXX escape: what a cut may leave unfinished
+# The most text one entry or line may span: a real one is a few KiB (a path with
+# 10,000 references, under 1 MiB). Beyond it the input never ends (/dev/zero, a pipe
+# that repeats) or is no closure, and is refused before the memory runs out.
+_LONGEST_VALUE = 64 << 20
 
 
 class TextWindow:
@@ -67,6 +71,11 @@ class TextWindow:
         """Read and decode the next chunk; False at the end of the file."""
         if self.eof:
             return False
+        if len(self.text) - self.pos > _LONGEST_VALUE:
+            raise NixlayerError(
+                f"{self.source}: one value or line goes on for over "
+                f"{_LONGEST_VALUE >> 20} MiB: not a closure"
+            )
         try:
             data = self._file.read(max(_CHUNK, len(self.text) - self.pos))
         except OSError as error:

@@ -8,7 +8,6 @@ Env, Labels, ExposedPorts and Volumes merged key by key.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from nixlayer.errors import NixlayerError, show_path
-from nixlayer.formats.files import json_strings
+from nixlayer.jsonfile import json_strings, load_json, parse_json
+from nixlayer.jsonstream import show_json
 
 _LIST_FIELDS = ("Cmd", "Entrypoint")
 _STRING_FIELDS = ("WorkingDir", "User", "StopSignal")
@@ -45,12 +45,9 @@ def parse_command(value: str, flag: str) -> list[str]:
     """A JSON array of strings, or a plain string taken as one argument."""
     if not value.lstrip().startswith("["):
         return [value]
-    try:
-        command = json.loads(value)
-    except json.JSONDecodeError as error:
-        raise NixlayerError(f"{flag} {value}: not a JSON array: {error.msg}") from None
+    command = parse_json(value, f"{flag} {show_json(value)}")
     if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
-        raise NixlayerError(f"{flag} {value}: must be a JSON array of strings")
+        raise NixlayerError(f"{flag} {show_json(value)}: must be a JSON array of strings")
     return command
 
 
@@ -112,12 +109,7 @@ def _absolute(path: str, flag: str) -> str:
 def load_config_file(path: Path) -> dict[str, Any]:
     """``--config FILE``: an OCI image config's ``config`` object, checked field by field."""
     source = f"--config {show_path(path)}"
-    try:
-        config = json.loads(path.read_bytes())
-    except OSError as error:
-        raise NixlayerError(f"{source}: cannot read: {error.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise NixlayerError(f"{source}: not valid JSON: {error}") from None
+    config = load_json(path, source)
     if isinstance(config, dict) and isinstance(config.get("config"), dict):
         config = config["config"]  # a whole image config was given
     check_run_config(config, source)

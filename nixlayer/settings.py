@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from nixlayer.errors import NixlayerError, reason, show_path
+from nixlayer.errors import NixlayerError, show_path
+from nixlayer.jsonfile import CLOSURE_SIZED_LIMIT, load_json
 from nixlayer.runconfig import check_run_config
 
 DEFAULT_KEY = "nixlayer"
@@ -74,12 +75,7 @@ def load_attrs_settings(path: Path, key: str = DEFAULT_KEY) -> dict[str, Any]:
             "--settings-from-attrs: reads the closure's file a second time, so the closure "
             "cannot come from stdin (-); give the .attrs.json file's path"
         )
-    try:
-        attrs = json.loads(path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise NixlayerError(
-            f"{show_path(path)}: cannot read its settings: {reason(error)}"
-        ) from None
+    attrs = load_json(path, f"--settings-from-attrs {show_path(path)}", CLOSURE_SIZED_LIMIT)
     where = f"{show_path(path)}: attribute {key!r}"
     settings = attrs.get(key) if isinstance(attrs, dict) else None
     if not isinstance(settings, dict):

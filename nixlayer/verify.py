@@ -20,7 +20,6 @@ an image at all raises ``NixlayerError``.
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import re
@@ -51,8 +50,10 @@ from nixlayer.formats.files import (
     tar_files,
 )
 from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT, is_layout_file
-from nixlayer.image import layer_histories
+from nixlayer.image import config_problems, layer_histories
+from nixlayer.jsonfile import parse_json
 from nixlayer.layers import layer_store_paths, unexpected_whiteouts, written_by_nixlayer
+from nixlayer.runconfig import check_run_config
 from nixlayer.tarwriter import END_OF_ARCHIVE
 
 BLOBS = "blobs/sha256/"
@@ -232,11 +233,9 @@ class _Checker:
             self.problem(f"{what} {name} is missing")
             return None
         try:
-            return json.loads(self.files.read(name))
+            return parse_json(self.files.read(name), f"{what} {name}")
         except NixlayerError as error:
             self.problem(str(error))
-        except (ValueError, UnicodeDecodeError) as error:
-            self.problem(f"{what} {name} is not valid JSON: {error}")
         return None
 
     def blob(self, name: str) -> BlobRead | None:
@@ -254,9 +253,15 @@ class _Checker:
     def _cached(
         self, key: tuple[str, str | None, bool], read: Callable[[], BlobRead]
     ) -> BlobRead | None:
+        """None if the blob is missing, or cannot be opened (a named pipe, a device:
+        that problem is reported here)."""
         if key not in self._blobs:
-            self._blobs[key] = read() if self.files.has(key[0]) else None
+            self._blobs[key] = None
             self.read_names.add(key[0])
+            try:
+                self._blobs[key] = read() if self.files.has(key[0]) else None
+            except NixlayerError as error:
+                self.problem(str(error))
         return self._blobs[key]
 
     def watch(self, config: Any) -> list[dict[str, Any]]:
@@ -277,6 +282,19 @@ class _Checker:
             labels = [f"{where} layer {number}" for number in range(1, len(reads) + 1)]
             self.report.problems.extend(_merge(list(zip(labels, histories, names, strict=True))))
 
+    def config_types(self, config: Any, where: str) -> None:
+        """Every typed field of an image config with the type consumers decode it as."""
+        if not isinstance(config, dict):
+            self.problem(f"{where}: not a JSON object")
+            return
+        for problem in config_problems(config):
+            self.problem(f"{where}: {problem}")
+        if config.get("config") is not None:
+            try:
+                check_run_config(config["config"], f"{where}: config")
+            except NixlayerError as error:
+                self.problem(str(error))
+
     def diff_ids(self, config: Any, where: str) -> list[str] | None:
         rootfs = config.get("rootfs") if isinstance(config, dict) else None
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
@@ -295,7 +313,8 @@ class _Checker:
         found = self.layer(name, compression)
         self.report.layers += count
         if found is None:
-            self.problem(f"layer {name} is missing")
+            if not self.files.has(name):  # else it could not be opened: reported
+                self.problem(f"layer {name} is missing")
         elif None not in (found.diff_id, diff_id) and found.diff_id != diff_id:
             self.problem(
                 f"layer {name}: its tar's sha256 is {found.diff_id}, the diff_id {diff_id}"
@@ -326,6 +345,8 @@ def _check_docker_entry(check: _Checker, entry: Any, where: str) -> None:
         return
     config_name = os.path.normpath(entry["Config"])
     config = _config_by_name(check, config_name, where)
+    if config is not None:
+        check.config_types(config, config_name)
     diff_ids = check.diff_ids(config, config_name) if config is not None else None
     layers = entry.get("Layers")
     if not isinstance(layers, list) or not all(isinstance(name, str) for name in layers):
@@ -430,7 +451,7 @@ def _check_descriptor(
     name = BLOBS + matched.group(1)
     found = check.layer(name, compression) if layer else check.blob(name)
     if found is None:
-        if "urls" not in descriptor:
+        if "urls" not in descriptor and not check.files.has(name):
             check.problem(f"{where}: blob {digest} is missing")
         return None
     if found.digest != digest:
@@ -446,6 +467,8 @@ def _check_manifest(check: _Checker, manifest: Any, where: str, platform: Any) -
         check.problem(f"{where}: not an image manifest (schemaVersion 2)")
         return
     config = _descriptor_blob(check, manifest.get("config"), f"{where} config")
+    if config is not None:
+        check.config_types(config, f"{where} config")
     diff_ids = check.diff_ids(config, f"{where} config") if config is not None else None
     _check_platform(check, config, platform, where)
     layers = manifest.get("layers")

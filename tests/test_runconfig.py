@@ -23,7 +23,7 @@ def test_commands_are_json_arrays_or_one_plain_argument() -> None:
     assert parse_command("echo hello world", "--cmd") == ["echo hello world"]
     with pytest.raises(NixlayerError, match="--cmd"):
         parse_command("[1, 2]", "--cmd")
-    with pytest.raises(NixlayerError, match="not a JSON array"):
+    with pytest.raises(NixlayerError, match="not valid JSON"):
         parse_command("[oops", "--cmd")
 
 

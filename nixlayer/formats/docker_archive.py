@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from nixlayer.errors import NixlayerError
-from nixlayer.formats.files import ImageFiles, compression_of, json_strings, read_config
+from nixlayer.formats.files import ImageFiles, compression_of, read_config
 from nixlayer.image import (
     ImageSpec,
     SourceImage,
@@ -22,6 +22,7 @@ from nixlayer.image import (
     layer_histories,
     qualified_name,
 )
+from nixlayer.jsonfile import json_strings
 from nixlayer.layers import BlobLayer, LayerSized
 from nixlayer.tarwriter import END_OF_ARCHIVE, file_header, padding
 

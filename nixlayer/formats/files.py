@@ -3,8 +3,8 @@ as members of one tar (a docker-archive or oci-archive), read without unpacking.
 
 from __future__ import annotations
 
+import contextlib
 import io
-import json
 import os
 import shutil
 import tarfile
@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from nixlayer.blobs import READ_ERRORS, Opener, climbs_out, decompressing, reopenable
 from nixlayer.errors import NixlayerError, reason, show_path
+from nixlayer.jsonfile import METADATA_LIMIT, open_regular, parse_json, read_bounded
 
 _MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 _CHUNK = 1 << 20
@@ -59,19 +60,13 @@ class ImageFiles:
     def opener(self, name: str) -> Opener:
         return self._get(name)[1]
 
-    def read(self, name: str, limit: int = 64 << 20) -> bytes:
-        """A small file (a manifest, a config) whole."""
-        size, opener = self._get(name)
-        if size > limit:
-            raise NixlayerError(f"{self.source}: {name} is too large ({size} bytes)")
-        with opener() as file:
-            return file.read()
+    def read(self, name: str) -> bytes:
+        """A small file (a manifest, a config) whole, within ``METADATA_LIMIT``."""
+        with self.opener(name)() as file:
+            return read_bounded(file, f"{self.source}: {name}", METADATA_LIMIT)
 
     def read_json(self, name: str) -> Any:
-        try:
-            return json.loads(self.read(name))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise NixlayerError(f"{self.source}: {name} is not valid JSON: {error}") from None
+        return parse_json(self.read(name), f"{self.source}: {name}")
 
     def _get(self, name: str) -> tuple[int, Opener]:
         if name not in self.files:
@@ -95,18 +90,18 @@ def read_config(files: ImageFiles, name: str) -> tuple[dict[str, Any], Any]:
     return config, rootfs.get("diff_ids")
 
 
-def json_strings(value: Any) -> bool:
-    """Whether ``value`` is a JSON list of strings."""
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
 def folder_files(path: Path) -> ImageFiles:
+    """The files of a layout folder, each opened only if it is a regular file: a named
+    pipe or a link to a device where a blob should be is an error, not a wait for ever.
+    A link that leads nowhere is a missing file."""
     files: dict[str, tuple[int, Opener]] = {}
     for folder, _, names in os.walk(path):
         for name in names:
             full = Path(folder, name)
             relative = full.relative_to(path).as_posix()
-            files[relative] = (full.stat().st_size, partial(full.open, "rb"))
+            with contextlib.suppress(FileNotFoundError):
+                opener = partial(open_regular, full, f"{show_path(path)}: {show_path(relative)}")
+                files[relative] = (full.stat().st_size, opener)
     return ImageFiles(show_path(path), files)
 
 

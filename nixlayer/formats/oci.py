@@ -10,7 +10,6 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 import stat
@@ -23,9 +22,9 @@ from typing import Any, BinaryIO
 
 from nixlayer.cache import CachedLayer, LayerCache, layer_key
 from nixlayer.compression import Compression
-from nixlayer.errors import NixlayerError, missing_folder, reason, show_path, what_is
+from nixlayer.errors import NixlayerError, missing_folder, show_path, what_is
 from nixlayer.formats.docker_archive import MANIFEST
-from nixlayer.formats.files import ImageFiles, json_object, json_strings, read_config
+from nixlayer.formats.files import ImageFiles, json_object, read_config
 from nixlayer.image import (
     ImageSpec,
     SourceImage,
@@ -35,6 +34,7 @@ from nixlayer.image import (
     layer_histories,
     qualified_name,
 )
+from nixlayer.jsonfile import json_strings, load_json
 from nixlayer.jsonstream import show_json
 from nixlayer.layers import BlobLayer, Layer, LayerSized
 from nixlayer.output import PendingFile, pending_file, removed_if_killed, scratch_folder
@@ -109,7 +109,8 @@ def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
     )
     annotations = json_object(descriptor.get("annotations", {}), f"{where}'s annotations")
     ref_name = annotations.get(CONTAINERD_NAME)
-    return SourceImage(files.source, config, blobs, (ref_name,) if ref_name else ())
+    tags = (ref_name,) if isinstance(ref_name, str) and ref_name else ()
+    return SourceImage(files.source, config, blobs, tags)
 
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -342,10 +343,8 @@ def _valid_layout_file(path: Path) -> bool:
     """What ``verify`` accepts as the ``oci-layout`` file, read no further than a
     real one could be long."""
     try:
-        with path.open("rb") as file:
-            data = file.read(_LAYOUT_FILE_MAX + 1)
-        return len(data) <= _LAYOUT_FILE_MAX and is_layout_file(json.loads(data))
-    except (OSError, ValueError, RecursionError):
+        return is_layout_file(load_json(path, str(path), _LAYOUT_FILE_MAX))
+    except NixlayerError:
         return False
 
 
@@ -374,15 +373,10 @@ def _platform(spec: ImageSpec) -> dict[str, str]:
 def _existing_manifests(folder: Path) -> list[dict[str, Any]]:
     """What the layout's ``index.json`` lists (nothing when it has none)."""
     path = folder / INDEX
-    if not path.is_file():
+    if not os.path.lexists(path):
         return []
-    try:
-        index = json.loads(path.read_bytes())
-    except (OSError, ValueError) as error:
-        raise NixlayerError(
-            f"-o {show_path(folder)}: cannot read {INDEX}: {reason(error)}"
-        ) from None
-    return _manifests(index, f"-o {show_path(folder)}: {INDEX}")
+    where = f"-o {show_path(folder)}: {INDEX}"
+    return _manifests(load_json(path, where), where)
 
 
 def _manifests(index: Any, where: str) -> list[dict[str, Any]]:
