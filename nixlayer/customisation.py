@@ -152,7 +152,7 @@ class _Root:
         if self.store_name.startswith(name + b"/") and entry.kind is not Kind.DIRECTORY:
             raise NixlayerError(
                 f"{origin}: {_show(name)} is a parent of the store directory "
-                f"{_show(self.store_name)}; a {entry.kind.value} file there would hide the store"
+                f"{_show(self.store_name)}; {_a(entry.kind)} there would hide the store"
             )
         self._put_parents(name, origin)
         known = self.entries.get(name)
@@ -183,6 +183,10 @@ class _Root:
         same = known[0] == entry
         both_dirs = known[0].kind is entry.kind is Kind.DIRECTORY
         return same or (both_dirs and not explicit)
+
+
+def _a(kind: Kind) -> str:
+    return "a symlink" if kind is Kind.SYMLINK else "a file"
 
 
 def _show(name: bytes) -> str:
