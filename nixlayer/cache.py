@@ -7,10 +7,17 @@ that already holds the blob then skips the layer entirely. An entry is only a
 hint: one that is corrupt, truncated, of another shape or whose checksum does not
 match is ignored, and a blob is reused only if it is present and hashes to the
 recorded digest.
+
+Hashing every reused blob would make a rebuild read the whole image again, so the
+cache also remembers each blob it saw hash to its name by what the kernel says of the
+file (device, inode, size, modification and change times). A blob that still matches
+is the same file, unwritten since: any write, rename over it or metadata change moves
+its change time, which no user can set back. One that does not match is hashed again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +28,7 @@ from typing import Any
 
 from nixlayer.compression import Compression
 from nixlayer.errors import NixlayerError
-from nixlayer.jsonfile import load_json
+from nixlayer.jsonfile import load_json, open_regular, read_bounded
 from nixlayer.output import pending_file
 from nixlayer.tarwriter import TAR_FORMAT
 
@@ -56,8 +63,9 @@ def layer_key(identity: dict[str, Any], compression: Compression) -> str:
 
 def default_cache_dir(environ: dict[str, str]) -> Path | None:
     """``$XDG_CACHE_HOME/nixlayer`` or ``~/.cache/nixlayer``; None inside a Nix build,
-    where there is no writable home and nothing may be kept between builds."""
-    if "NIX_BUILD_TOP" in environ or environ.get("HOME") in (None, "/homeless-shelter"):
+    where there is no writable home and nothing may be kept between builds (not
+    ``NIX_BUILD_TOP``: ``nix-shell`` sets it too, and its users want their cache)."""
+    if environ.get("HOME") in (None, "/homeless-shelter"):  # Nix's builders set it so
         return None
     base = environ.get("XDG_CACHE_HOME") or os.path.join(environ["HOME"], ".cache")
     return Path(base, "nixlayer")
@@ -82,18 +90,49 @@ class LayerCache:
             return None
 
     def put(self, key: str, layer: CachedLayer) -> None:
+        entry = {**asdict(layer), "check": _checksum(key, layer)}
+        self._write(self._file(key), json.dumps(entry).encode())
+
+    def _write(self, path: Path | None, data: bytes) -> None:
         """Best effort: a cache that cannot be written is no reason to fail a build."""
-        path = self._file(key)
         if path is None:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with pending_file(path.parent) as pending:  # no leftover even after kill -9
-                entry = {**asdict(layer), "check": _checksum(key, layer)}
-                pending.file.write(json.dumps(entry).encode())
+                pending.file.write(data)
                 pending.publish(path)
         except (OSError, NixlayerError):
             return
+
+    def _seen_file(self, blob: Path, digest: str) -> Path | None:
+        if self.folder is None:
+            return None
+        key = hashlib.sha256(f"{os.path.abspath(blob)}\0{digest}".encode()).hexdigest()
+        return self.folder / "blobs" / key[:2] / key
+
+    def saw(self, blob: Path, digest: str, found: os.stat_result) -> bool:
+        """Whether ``blob``, as ``found`` by ``fstat``, is the very file this cache saw
+        hash to ``digest`` (see ``seen``)."""
+        path = self._seen_file(blob, digest)
+        if path is None:
+            return False
+        try:
+            with open_regular(path, str(path)) as file:
+                return read_bounded(file, str(path), _ENTRY_LIMIT) == _fingerprint(found)
+        except NixlayerError:
+            return False
+
+    def seen(self, blob: Path, digest: str) -> None:
+        """Remember that ``blob`` hashes to ``digest``: it was just written, or hashed."""
+        with contextlib.suppress(OSError):
+            self._write(self._seen_file(blob, digest), _fingerprint(os.stat(blob)))
+
+
+def _fingerprint(found: os.stat_result) -> bytes:
+    """What changes whenever a file's bytes may have: its identity, size and times."""
+    fields = (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
+    return " ".join(map(str, fields)).encode()
 
 
 def _parse(data: Any, key: str) -> CachedLayer | None:

@@ -149,6 +149,7 @@ class _Layout:
     their name alone, and those this run adds are listed, to go again if it fails."""
 
     folder: Path
+    cache: LayerCache
     added: list[Path] = field(default_factory=list)
     index: bytes | None = None  # the index.json this run put in place, once it tries
 
@@ -159,13 +160,14 @@ class _Layout:
         return pending_file(self.folder / "blobs" / "sha256")
 
     def has(self, digest: str, size: int) -> bool:
-        """Whether the blob is there intact: a regular file of ``size`` bytes that
-        hashes to ``digest``. One damaged on disk is made again, or the build would end
-        with an image its own ``verify`` rejects; hashing it costs a small part of
-        making it (the store read, the tar and the compression).
-        (``blobs.read_blob`` is five times slower: it follows a tar's zero blocks.)"""
+        """Whether the blob is there intact: a regular file of ``size`` bytes that the
+        cache saw hash to ``digest`` and that has not changed since, or that hashes to
+        it now. One damaged on disk is made again, or the build would end with an image
+        its own ``verify`` rejects. (``blobs.read_blob`` is five times slower than this
+        loop: it follows a tar's zero blocks.)"""
+        path = self.blob(digest)
         try:
-            fd = os.open(self.blob(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return False
         hashed = hashlib.sha256()
@@ -173,12 +175,17 @@ class _Layout:
             found = os.fstat(fd)
             if not stat.S_ISREG(found.st_mode) or found.st_size != size:
                 return False
+            if self.cache.saw(path, digest, found):
+                return True
             try:
                 while chunk := file.read(_CHUNK):
                     hashed.update(chunk)
             except OSError:
                 return False
-        return f"sha256:{hashed.hexdigest()}" == digest
+        intact = f"sha256:{hashed.hexdigest()}" == digest
+        if intact:
+            self.cache.seen(path, digest)
+        return intact
 
     def publish(self, pending: PendingFile, digest: str) -> None:
         """Under a name not taken yet the blob is this run's (``added``); a name that
@@ -190,6 +197,7 @@ class _Layout:
             pending.publish(path)
         else:
             self.added.append(path)
+        self.cache.seen(path, digest)
 
     def put(self, data: bytes) -> str:
         """A small blob (config, manifest), written unless the folder has it already."""
@@ -430,7 +438,7 @@ def write_oci_layout(
     is complete then. Nor a layout another run has completed meanwhile.
     """
     created = _created_by_us(folder)
-    layout = _Layout(folder)
+    layout = _Layout(folder, cache)
     with removed_if_killed(created, unless=folder / INDEX):
         try:
             with _started_layout(folder):
@@ -531,8 +539,9 @@ def write_oci_archive(
     with scratch_folder(scratch) as temporary:
         folder = Path(temporary, "layout")
         with _started_layout(folder):  # removed with the scratch folder if it fails
+            no_cache = LayerCache(None)
             layout = _write_layout(
-                spec, _Layout(folder), compression, LayerCache(None), on_bytes, on_layer,
+                spec, _Layout(folder, no_cache), compression, no_cache, on_bytes, on_layer,
                 on_size,
             )  # fmt: skip
         (folder / MANIFEST).write_bytes(docker_manifest(layout))
