@@ -170,7 +170,8 @@ StrategyOpt = Annotated[str, typer.Option(help=f"The layering strategy: {', '.jo
 Previous = Annotated[
     str | None,
     typer.Option(
-        help="The last build's plan JSON or image: its layers are kept where they can be.",
+        help="The last build's plan JSON, image (PATH:REF for one of a layout) or closure: "
+        "its layers are kept where they can be.",
         show_default=False,
         parser=_TEXT_PATH,
     ),
@@ -209,7 +210,8 @@ def from_closure(
     output: Annotated[
         str | None,
         _opt(
-            "The image: a file (- for stdout), or a folder for --format oci.",
+            "The image: a file (- for stdout), or a folder for --format oci. "
+            "Default: image.tar, or image for --format oci.",
             "--output",
             "-o",
             parser=_TEXT_PATH,
@@ -283,7 +285,8 @@ def from_closure(
     from_image: Annotated[
         str | None,
         _opt(
-            "A base image (docker-archive or OCI layout) to build on.",
+            "A base image to build on: a docker-archive, OCI layout or oci-archive "
+            "(PATH:REF for one image of several).",
             "--from",
             parser=_TEXT_PATH,
         ),
@@ -449,7 +452,8 @@ def plan_command(
     from_image: Annotated[
         str | None,
         _opt(
-            "A base image nixlayer wrote: the paths it holds get no layer.",
+            "A base image nixlayer wrote (PATH:REF for one of several): the paths it "
+            "holds get no layer.",
             "--from",
             parser=_TEXT_PATH,
         ),
@@ -537,7 +541,7 @@ def diff_command(
     old: Annotated[
         str,
         typer.Argument(
-            help="The last build: a plan JSON, closure or image.",
+            help="The last build: a plan JSON, closure or image (PATH:REF for one of several).",
             parser=_TEXT_PATH,
             metavar="OLD",
         ),
@@ -545,7 +549,7 @@ def diff_command(
     new: Annotated[
         str,
         typer.Argument(
-            help="The new build: a plan JSON, closure or image.",
+            help="The new build: a plan JSON, closure or image (PATH:REF for one of several).",
             parser=_TEXT_PATH,
             metavar="NEW",
         ),
@@ -582,7 +586,7 @@ def inspect_command(
     image: Annotated[
         str,
         typer.Argument(
-            help="A docker-archive, OCI layout or oci-archive.",
+            help="A docker-archive, OCI layout or oci-archive; PATH:REF for one image of several.",
             parser=_TEXT_PATH,
             metavar="IMAGE",
         ),
@@ -602,7 +606,7 @@ def verify_command(
     image: Annotated[
         str,
         typer.Argument(
-            help="A docker-archive, OCI layout or oci-archive.",
+            help="A docker-archive, OCI layout or oci-archive: every image in it.",
             parser=_TEXT_PATH,
             metavar="IMAGE",
         ),
