@@ -114,7 +114,7 @@ def layer_budget(
 
 def _platform(arch: str | None, base: SourceImage | None) -> tuple[str, str | None]:
     if base is None:
-        return parse_architecture(arch or host_architecture())
+        return parse_architecture(host_architecture() if arch is None else arch)
     base_platform = (base.config.get("architecture"), base.config.get("variant"))
     if arch is not None and parse_architecture(arch) != base_platform:
         raise NixlayerError(f"--arch {arch}: the base image {base.source} is {base_platform[0]}")
@@ -129,15 +129,16 @@ def image_settings(
     default_time = DEFAULT_MTIME if epoch is None else epoch  # 0 is a time, not "unset"
     if identity.mtime is not None and not 0 <= identity.mtime <= MAX_TIMESTAMP:
         raise NixlayerError(f"--mtime {identity.mtime}: must be from 0 to {MAX_TIMESTAMP}")
-    name, tag = parse_name(identity.name) if identity.name else (default_name(roots), None)
-    if identity.tag and tag not in (None, identity.tag):
+    # An empty name or tag is refused by its parser, not taken for one not given.
+    name, tag = (default_name(roots), None) if identity.name is None else parse_name(identity.name)
+    if identity.tag is not None and tag not in (None, identity.tag):
         raise NixlayerError(
             f"--name {identity.name} and --tag {identity.tag}: two tags; give one of them"
         )
     architecture, variant = _platform(identity.arch, base)
     return ImageSettings(
         name=name,
-        tag=parse_tag(identity.tag) if identity.tag else tag,
+        tag=tag if identity.tag is None else parse_tag(identity.tag),
         architecture=architecture,
         variant=variant,
         created=timestamp(default_time)

@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -48,7 +48,7 @@ from nixlayer.formats import (
     read_image,
     write_image,
 )
-from nixlayer.image import ImageSpec, image_store_paths
+from nixlayer.image import WHOLE_NUMBER, ImageSpec, image_store_paths
 from nixlayer.inspect import describe_image, format_description
 from nixlayer.measure import format_cost, push_cost
 from nixlayer.output import atomic_output
@@ -115,6 +115,22 @@ class _GivenPath:
 
 _PATH = _GivenPath(Path)
 _TEXT_PATH = _GivenPath(str)
+# More digits than any of nixlayer's numbers has (a tar's largest mtime has 11): beyond
+# them a value is out of range whatever it is, and int() refuses over 4300 digits.
+_MAX_DIGITS = 20
+
+
+def _whole_number(value: str | int) -> int:
+    """The parser of an integer option: ASCII digits only (``WHOLE_NUMBER``), as for
+    SOURCE_DATE_EPOCH; ``--mtime 1_000`` or in other scripts' digits is refused, not
+    read as a number no other tool would see there. (A default comes as an int.)"""
+    if isinstance(value, int):
+        return value
+    if not WHOLE_NUMBER.fullmatch(value):
+        raise typer.BadParameter(f"{show_path(value)} is not a whole number in ASCII digits")
+    if len(value.lstrip("-")) > _MAX_DIGITS:
+        raise typer.BadParameter(f"{show_path(value)} is out of range")
+    return int(value)
 
 
 ClosureArg = Annotated[
@@ -146,12 +162,16 @@ Roots = Annotated[
     list[str] | None,
     typer.Option("--root", help="A root of the image (repeatable). Default: unreferenced paths."),
 ]
-MaxLayers = Annotated[int, typer.Option(help="The most layers the image may have.")]
+MaxLayers = Annotated[
+    int,
+    typer.Option(help="The most layers the image may have.", parser=_whole_number, metavar="<int>"),
+]
 StrategyOpt = Annotated[str, typer.Option(help=f"The layering strategy: {', '.join(STRATEGIES)}.")]
 Previous = Annotated[
     str | None,
     typer.Option(
-        help="The last build's plan JSON or image: its layers are kept where they can be.",
+        help="The last build's plan JSON, image (PATH:REF for one of a layout) or closure: "
+        "its layers are kept where they can be.",
         show_default=False,
         parser=_TEXT_PATH,
     ),
@@ -168,8 +188,11 @@ Groups = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")]
 
 
-def _opt(help_text: str, *names: str, parser: _GivenPath | None = None) -> typer.models.OptionInfo:
-    return typer.Option(*names, help=help_text, show_default=False, parser=parser)
+def _opt(
+    help_text: str, *names: str, parser: Callable[[str], Any] | None = None
+) -> typer.models.OptionInfo:
+    metavar = "<int>" if parser is _whole_number else None
+    return typer.Option(*names, help=help_text, show_default=False, parser=parser, metavar=metavar)
 
 
 def _notes(messages: Iterable[str], quiet: bool) -> None:
@@ -187,7 +210,8 @@ def from_closure(
     output: Annotated[
         str | None,
         _opt(
-            "The image: a file (- for stdout), or a folder for --format oci.",
+            "The image: a file (- for stdout), or a folder for --format oci. "
+            "Default: image.tar, or image for --format oci.",
             "--output",
             "-o",
             parser=_TEXT_PATH,
@@ -207,7 +231,10 @@ def from_closure(
         str | None,
         _opt("none, gzip or zstd. Default: gzip layers for OCI, none for docker-archive."),
     ] = None,
-    compress_level: Annotated[int | None, _opt("The compression level.")] = None,
+    compress_level: Annotated[
+        int | None,
+        _opt("The compression level: gzip 1 to 9, zstd 1 to 19.", parser=_whole_number),
+    ] = None,
     cache_dir: Annotated[
         Path | None, _opt("The layer cache. Default: $XDG_CACHE_HOME/nixlayer.", parser=_PATH)
     ] = None,
@@ -225,7 +252,11 @@ def from_closure(
         _opt("Creation time, RFC 3339 or 'now'. Default: SOURCE_DATE_EPOCH, else 1970-01-01."),
     ] = None,
     mtime: Annotated[
-        int | None, _opt("File times in the layers. Default: SOURCE_DATE_EPOCH, else 1.")
+        int | None,
+        _opt(
+            "File times in the layers, in seconds since 1970. Default: SOURCE_DATE_EPOCH, else 1.",
+            parser=_whole_number,
+        ),
     ] = None,
     cmd: Annotated[str | None, _opt("Cmd: a JSON array, or one plain argument.")] = None,
     entrypoint: Annotated[str | None, _opt("Entrypoint: a JSON array, or one argument.")] = None,
@@ -254,7 +285,8 @@ def from_closure(
     from_image: Annotated[
         str | None,
         _opt(
-            "A base image (docker-archive or OCI layout) to build on.",
+            "A base image to build on: a docker-archive, OCI layout or oci-archive "
+            "(PATH:REF for one image of several).",
             "--from",
             parser=_TEXT_PATH,
         ),
@@ -289,10 +321,10 @@ def from_closure(
     source = ClosureInput(o.closure_file, o.input_format, o.attrs_key, o.store_dir, o.store_root)
     notes: list[str] = []
     closure = load_closure(source, notes.append)
-    base = read_base(o.from_image) if o.from_image else None
+    base = None if o.from_image is None else read_base(o.from_image)
     customisation = Customisation(
         contents=tuple(o.contents or ()),
-        link_paths=parse_link_paths(o.link_paths) if o.link_paths else ("/",),
+        link_paths=("/",) if o.link_paths is None else parse_link_paths(o.link_paths),
         adds=tuple(map(parse_add, o.add or ())),
         directories=tuple(map(parse_mkdir, o.mkdir or ())),
         symlinks=tuple(map(parse_symlink, o.symlink or ())),
@@ -300,16 +332,17 @@ def from_closure(
     flags = RunFlags(o.cmd, o.entrypoint, o.env or (), o.expose or (), o.workdir,
                      o.volume or (), o.user, o.label or (), o.stop_signal)  # fmt: skip
     run = image_run_config(base, o.config, o.inline_config, flags)
-    last_build = LastBuild(o.previous, source) if o.previous else None
+    last_build = None if o.previous is None else LastBuild(o.previous, source)
     plan, layers = plan_image(
         closure, o.store_root, customisation, base, o.strategy, o.max_layers, o.root or (),
-        last_build, load_groups(Path(o.group) if o.group else None),
+        last_build, load_groups(None if o.group is None else Path(o.group)),
     )  # fmt: skip
     notes.extend(plan.notes)
     identity = Identity(o.name, o.tag, o.arch, o.created, o.mtime)
     spec = ImageSpec(image_settings(identity, plan.roots, base, os.environ), run, layers, base)
     compression = parse_compression(
-        o.compress or DEFAULT_COMPRESSION.get(o.image_format, "none"), o.compress_level
+        DEFAULT_COMPRESSION.get(o.image_format, "none") if o.compress is None else o.compress,
+        o.compress_level,
     )
     cache = LayerCache(None if o.no_cache else o.cache_dir or default_cache_dir(dict(os.environ)))
     with _Progress(sum(layer.size_hint for layer in spec.all_layers), o.quiet) as progress:
@@ -419,7 +452,8 @@ def plan_command(
     from_image: Annotated[
         str | None,
         _opt(
-            "A base image nixlayer wrote: the paths it holds get no layer.",
+            "A base image nixlayer wrote (PATH:REF for one of several): the paths it "
+            "holds get no layer.",
             "--from",
             parser=_TEXT_PATH,
         ),
@@ -507,7 +541,7 @@ def diff_command(
     old: Annotated[
         str,
         typer.Argument(
-            help="The last build: a plan JSON, closure or image.",
+            help="The last build: a plan JSON, closure or image (PATH:REF for one of several).",
             parser=_TEXT_PATH,
             metavar="OLD",
         ),
@@ -515,7 +549,7 @@ def diff_command(
     new: Annotated[
         str,
         typer.Argument(
-            help="The new build: a plan JSON, closure or image.",
+            help="The new build: a plan JSON, closure or image (PATH:REF for one of several).",
             parser=_TEXT_PATH,
             metavar="NEW",
         ),
@@ -552,7 +586,7 @@ def inspect_command(
     image: Annotated[
         str,
         typer.Argument(
-            help="A docker-archive, OCI layout or oci-archive.",
+            help="A docker-archive, OCI layout or oci-archive; PATH:REF for one image of several.",
             parser=_TEXT_PATH,
             metavar="IMAGE",
         ),
@@ -572,7 +606,7 @@ def verify_command(
     image: Annotated[
         str,
         typer.Argument(
-            help="A docker-archive, OCI layout or oci-archive.",
+            help="A docker-archive, OCI layout or oci-archive: every image in it.",
             parser=_TEXT_PATH,
             metavar="IMAGE",
         ),

@@ -76,7 +76,9 @@ class Customisation:
 
 # DOTALL: a newline is as good a character of a file name as any.
 _ADD = re.compile(r"(?P<source>.+):(?P<dest>/[^:]*)(?::(?P<mode>[0-7]{3,4}))?", re.DOTALL)
-_MKDIR = re.compile(r"(?P<dest>/[^:]*)(?::(?P<mode>[0-7]{3,4})(?::(?P<uid>\d+):(?P<gid>\d+))?)?")
+_MKDIR = re.compile(
+    r"(?P<dest>/[^:]*)(?::(?P<mode>[0-7]{3,4})(?::(?P<uid>[0-9]+):(?P<gid>[0-9]+))?)?"
+)
 _SYMLINK = re.compile(r"(?P<dest>/[^:]*):(?P<target>.+)", re.DOTALL)
 
 
@@ -98,13 +100,14 @@ def parse_add(value: str) -> AddFiles:
 
 def parse_mkdir(value: str) -> MakeDirectory:
     match = _match(_MKDIR, value, "--mkdir", "DEST[:MODE[:UID:GID]] with an absolute DEST")
-    owner = (int(match["uid"]), int(match["gid"])) if match["uid"] else (0, 0)
-    if max(owner) > MAX_ID:
+    ids = (match["uid"], match["gid"]) if match["uid"] else ("0", "0")
+    # (compared as text first: int() refuses over 4300 digits)
+    if any(len(i.lstrip("0")) > len(str(MAX_ID)) or int(i) > MAX_ID for i in ids):
         raise NixlayerError(
             f"--mkdir {value}: a uid or gid must be at most {MAX_ID} (Linux ids are 32-bit)"
         )
     mode = int(match["mode"], 8) if match["mode"] else ROOT_DIR_MODE
-    return MakeDirectory(match["dest"], mode, owner)
+    return MakeDirectory(match["dest"], mode, (int(ids[0]), int(ids[1])))
 
 
 def parse_symlink(value: str) -> MakeSymlink:
@@ -114,9 +117,11 @@ def parse_symlink(value: str) -> MakeSymlink:
 
 def parse_link_paths(value: str) -> tuple[str, ...]:
     paths = tuple(p.strip() for p in value.split(",") if p.strip())
+    if not paths:  # not "all of them": that is --link-paths not given, or /
+        raise NixlayerError(f"--link-paths {value}: names no path (like /bin,/etc)")
     for path in paths:
         _image_name(path, "--link-paths", allow_root=True)
-    return paths or ("/",)
+    return paths
 
 
 def _image_name(dest: str, flag: str, allow_root: bool = False) -> bytes:

@@ -53,7 +53,9 @@ _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?"
     r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
 )
-_EPOCH = re.compile(r"-?[0-9]+")  # an integer in ASCII digits, as `date +%s` prints it
+# An integer in ASCII digits, as `date +%s` prints it and C's strtol reads it: Python's
+# int() also takes "1_000", " 5" and other scripts' digits, which no other tool does.
+WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -310,7 +312,7 @@ def source_date_epoch(environ: dict[str, str]) -> int | None:
     value = environ.get("SOURCE_DATE_EPOCH")
     if value is None:
         return None
-    if not _EPOCH.fullmatch(value):
+    if not WHOLE_NUMBER.fullmatch(value):
         raise NixlayerError(
             f"SOURCE_DATE_EPOCH={value}: not a number of seconds since 1970 in ASCII "
             "digits, as `date +%s` prints it"

@@ -42,7 +42,10 @@ class RunFlags:
 
 
 def parse_command(value: str, flag: str) -> list[str]:
-    """A JSON array of strings, or a plain string taken as one argument."""
+    """A JSON array of strings, or a plain string taken as one argument. An empty one
+    would be a program named "", which no container can run: ``[]`` is no command."""
+    if not value:
+        raise NixlayerError(f"{flag}: empty; give [] for no command, or leave it out")
     if not value.lstrip().startswith("["):
         return [value]
     command = parse_json(value, f"{flag} {show_json(value)}")
@@ -90,13 +93,15 @@ def _flag_config(flags: RunFlags) -> dict[str, Any]:
         config["Volumes"] = {_absolute(v, "--volume"): {} for v in flags.volumes}
     if flags.labels:
         config["Labels"] = dict(_key_value(label, "--label") for label in flags.labels)
-    for field, value in (
-        ("WorkingDir", flags.workdir and _absolute(flags.workdir, "--workdir")),
-        ("User", flags.user),
-        ("StopSignal", flags.stop_signal),
+    for field, flag, value in (
+        ("WorkingDir", "--workdir", flags.workdir),
+        ("User", "--user", flags.user),
+        ("StopSignal", "--stop-signal", flags.stop_signal),
     ):
-        if value:
-            config[field] = value
+        if value == "":  # the config's "not set": it would not replace a base's value
+            raise NixlayerError(f"{flag}: empty; leave it out to keep the default")
+        if value is not None:
+            config[field] = _absolute(value, flag) if field == "WorkingDir" else value
     return config
 
 

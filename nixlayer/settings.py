@@ -53,6 +53,8 @@ _PARAMETERS = {"from": "from_image", "format": "image_format"}
 
 def _checked(key: str, value: Any, where: str) -> Any:
     kind = _KINDS[key]
+    if kind == "string" and value == "":  # as on the command line: not "not set"
+        raise NixlayerError(f"{where}: {key!r} is empty; null (or no {key!r}) is not set")
     if kind == "string" and isinstance(value, str):
         return value
     if kind == "integer" and type(value) is int:

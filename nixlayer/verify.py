@@ -39,7 +39,7 @@ from nixlayer.blobs import (
     whiteout_target,
 )
 from nixlayer.errors import NixlayerError, one_line, reason, show_path
-from nixlayer.formats import not_an_image
+from nixlayer.formats import not_an_image, path_and_ref
 from nixlayer.formats.docker_archive import MANIFEST
 from nixlayer.formats.files import (
     READ_ERRORS,
@@ -52,6 +52,7 @@ from nixlayer.formats.files import (
 from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT, is_layout_file
 from nixlayer.image import config_problems, layer_histories
 from nixlayer.jsonfile import parse_json
+from nixlayer.jsonstream import show_json
 from nixlayer.layers import layer_store_paths, unexpected_whiteouts, written_by_nixlayer
 from nixlayer.runconfig import check_run_config
 from nixlayer.tarwriter import END_OF_ARCHIVE
@@ -113,8 +114,14 @@ def format_report(report: VerifyReport) -> str:
 def verify_image(path: str) -> VerifyReport:
     """Check the image at ``path``: an OCI layout folder, an oci-archive or a
     docker-archive (plain, gzip or zstd). Raises ``NixlayerError`` only when ``path``
-    is missing or not an image at all."""
-    location = Path(path)
+    is missing or not an image at all, or names one image of a layout (``PATH:REF``):
+    verify checks every image of a layout or archive, as they share blobs."""
+    location, ref = path_and_ref(path)
+    if ref is not None:
+        raise NixlayerError(
+            f"{show_path(path)}: verify checks every image in {show_path(location)}; "
+            f"give it without :{one_line(ref)}"
+        )
     if location.is_dir():
         return _verify_layout(path, folder_files(location), "oci")
     if not location.is_file():
@@ -303,7 +310,7 @@ class _Checker:
             return None
         for diff_id in diff_ids:
             if not _DIGEST.fullmatch(diff_id):
-                self.problem(f"{where}: diff_id {diff_id!r} is not a sha256 digest")
+                self.problem(f"{where}: diff_id {show_json(diff_id)} is not a sha256 digest")
         return diff_ids
 
     def layer_against_diff_id(
@@ -418,7 +425,7 @@ def _check_index(check: _Checker, index: Any, where: str, depth: int) -> None:
         elif media_type in _MANIFEST_TYPES or media_type is None:
             _check_manifest(check, data, place, descriptor.get("platform"))
         else:
-            check.problem(f"{place}: unexpected mediaType {media_type!r}")
+            check.problem(f"{place}: unexpected mediaType {show_json(media_type)}")
 
 
 def _descriptor_blob(check: _Checker, descriptor: Any, where: str) -> Any:
@@ -444,10 +451,10 @@ def _check_descriptor(
     digest, size = descriptor.get("digest"), descriptor.get("size")
     matched = _DIGEST.fullmatch(digest) if isinstance(digest, str) else None
     if matched is None:
-        check.problem(f"{where}: digest {digest!r} is not a sha256 digest")
+        check.problem(f"{where}: digest {show_json(digest)} is not a sha256 digest")
         return None
     if type(size) is not int or size < 0:
-        check.problem(f"{where}: size {size!r} is not a size in bytes")
+        check.problem(f"{where}: size {show_json(size)} is not a size in bytes")
     name = BLOBS + matched.group(1)
     found = check.layer(name, compression) if layer else check.blob(name)
     if found is None:
@@ -483,7 +490,11 @@ def _check_manifest(check: _Checker, manifest: Any, where: str, platform: Any) -
     for number, descriptor in enumerate(layers, 1):
         place = f"{where} layer {number}"
         media_type = descriptor.get("mediaType", "") if isinstance(descriptor, dict) else ""
-        compression = _compression_of(str(media_type))
+        if not isinstance(media_type, str):
+            check.problem(f"{place}: mediaType {show_json(media_type)} is not a string")
+            reads.append(None)
+            continue
+        compression = _compression_of(media_type)
         name = _check_descriptor(check, descriptor, place, compression, layer=True)
         if name is not None and diff_ids is not None:
             check.layer_against_diff_id(name, compression, diff_ids[number - 1])
@@ -501,7 +512,8 @@ def _check_platform(check: _Checker, config: Any, platform: Any, where: str) -> 
     for key in ("architecture", "os", "variant"):
         if key in platform and platform[key] != config.get(key):
             check.problem(
-                f"{where}: the index says {key} {platform[key]!r}, the config {config.get(key)!r}"
+                f"{where}: the index says {key} {show_json(platform[key])}, "
+                f"the config {show_json(config.get(key))}"
             )
 
 

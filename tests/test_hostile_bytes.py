@@ -195,9 +195,12 @@ def test_an_empty_created_is_refused_not_taken_for_unset(store: Store, tmp_path:
     assert not out.exists()
 
 
-@pytest.mark.parametrize("value", ["", "0001-01-01T00:00:00+01:00"])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("", "'created' is empty"), ("0001-01-01T00:00:00+01:00", "--created 0001")],
+)
 def test_created_from_the_settings_is_checked_like_the_flag(
-    fixture_store: FixtureStore, tmp_path: Path, value: str
+    fixture_store: FixtureStore, tmp_path: Path, value: str, message: str
 ) -> None:
     attrs = _attrs_file(fixture_store, tmp_path, {"created": value})
     out = tmp_path / "image.tar"
@@ -205,7 +208,7 @@ def test_created_from_the_settings_is_checked_like_the_flag(
         "from-closure", attrs, "--attrs-key", "closure", "--settings-from-attrs",
         "--store-root", fixture_store.root, "-o", out,
     )  # fmt: skip
-    _input_error(result, f"--created {value}: ")
+    _input_error(result, message)
     assert not out.exists()
 
 

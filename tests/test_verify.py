@@ -360,7 +360,7 @@ def test_platform_disagrees_with_the_config(image_builds: ImageBuilds, tmp_path:
     index = json.loads((folder / "index.json").read_bytes())
     index["manifests"][0]["platform"]["architecture"] = "s390x"
     (folder / "index.json").write_text(json.dumps(index), encoding="utf-8")
-    _only_problem(verify_image(str(folder)), "the index says architecture 's390x'")
+    _only_problem(verify_image(str(folder)), 'the index says architecture "s390x"')
 
 
 def test_missing_layer_blob(image_builds: ImageBuilds, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ FORMATS = ("docker-archive", "oci", "oci-archive")
 DEFAULT_COMPRESSION = {"docker-archive": "none", "oci": "gzip", "oci-archive": "gzip"}
 
 
-def _path_and_ref(value: str) -> tuple[Path, str | None]:
+def path_and_ref(value: str) -> tuple[Path, str | None]:
     """``PATH``, or ``PATH:REF`` for one image of an OCI layout or oci-archive that
     holds several. A ref has colons of its own (``app:v1``), and so may a path: the
     first colon whose left part exists ends the path (as skopeo's ``oci:PATH:REF``
@@ -43,7 +43,7 @@ def _path_and_ref(value: str) -> tuple[Path, str | None]:
 def read_image(value: str, flag: str) -> SourceImage:
     """A docker-archive (plain, or compressed as a whole), an OCI layout folder or an
     oci-archive, told apart by content."""
-    path, ref = _path_and_ref(value)
+    path, ref = path_and_ref(value)
     if path.is_dir():
         files = folder_files(path)
         if not files.has(LAYOUT):

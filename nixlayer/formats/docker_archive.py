@@ -74,7 +74,10 @@ def read_docker_archive(files: ImageFiles) -> SourceImage:
     if not isinstance(manifest, list) or not manifest or not isinstance(manifest[0], dict):
         raise NixlayerError(f"{files.source}: {MANIFEST} does not list an image")
     entry = manifest[0]
-    config, diff_ids = read_config(files, str(entry.get("Config")))
+    config_name = entry.get("Config")
+    if not isinstance(config_name, str):
+        raise NixlayerError(f"{files.source}: {MANIFEST}'s Config is not a file name")
+    config, diff_ids = read_config(files, config_name)
     layer_names = entry.get("Layers")
     if not json_strings(layer_names) or not json_strings(diff_ids):
         raise NixlayerError(f"{files.source}: the manifest or config lists no layers")

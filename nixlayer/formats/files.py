@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -151,16 +150,36 @@ def compression_of(opener: Opener) -> str | None:
 def decompressed_copy(path: Path, compression: str) -> IO[bytes]:
     """An archive compressed as a whole, decompressed into an anonymous temporary file
     (its members are read in place by offset): it vanishes when closed, or with the
-    process. Raises one of ``READ_ERRORS`` if the stream is corrupt."""
+    process. Raises one of ``READ_ERRORS`` if the stream is corrupt.
+
+    Unbounded on purpose: a docker-archive holds its layers uncompressed, so tens of
+    GiB are an ordinary image, and no bound would tell a bomb from one. What it costs
+    is room in $TMPDIR while it runs; where that runs out, the message says so (not
+    "corrupt", which would blame the image)."""
     copy = tempfile.TemporaryFile()  # noqa: SIM115 (the caller closes it)
     try:
         with path.open("rb") as source:
-            shutil.copyfileobj(decompressing(source, compression), copy, _CHUNK)
-        copy.flush()
+            stream = decompressing(source, compression)
+            while chunk := stream.read(_CHUNK):
+                _write_copy(copy, chunk, path)
+        _write_copy(copy, b"", path)
     except BaseException:
         copy.close()
         raise
     return copy
+
+
+def _write_copy(copy: IO[bytes], data: bytes, path: Path) -> None:
+    """``data`` into the decompressed copy (all of it so far, with none); an error
+    writing is the temporary folder's, not the image's."""
+    try:
+        copy.write(data)
+        copy.flush()
+    except OSError as error:
+        raise NixlayerError(
+            f"{show_path(path)}: cannot decompress it into {show_path(tempfile.gettempdir())} "
+            f"(TMPDIR): {reason(error)}"
+        ) from None
 
 
 def archive_files(path: Path) -> ImageFiles:

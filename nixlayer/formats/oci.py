@@ -53,9 +53,10 @@ INDEX_TYPES = (
 )
 
 
-def blob_name(digest: str, source: str = "the image") -> str:
-    """The blob a digest names; ``source`` is the image whose metadata gave it."""
-    algorithm, _, hex_digest = digest.partition(":")
+def blob_name(digest: Any, source: str = "the image") -> str:
+    """The blob a digest names; ``source`` is the image whose metadata gave it, and
+    ``digest`` what it gave, of any JSON type (shown as JSON if it is no digest)."""
+    algorithm, _, hex_digest = digest.partition(":") if isinstance(digest, str) else ("",) * 3
     if algorithm != "sha256" or len(hex_digest) != 64 or not hex_digest.isalnum():
         raise NixlayerError(f"{source}: unsupported digest {show_json(digest)}")
     return f"blobs/sha256/{hex_digest}"
@@ -76,21 +77,33 @@ def _descriptor(files: ImageFiles, ref: str | None) -> dict[str, Any]:
         for descriptor, names_of in zip(manifests, names, strict=True):
             if ref is not None and names_of.get(key) == ref:
                 return descriptor
-    known = ", ".join(sorted(str(a.get(REF_NAME)) for a in names))
+    known = ", ".join(sorted(_shown_ref(a.get(REF_NAME)) for a in names))
     if ref is None:
         raise NixlayerError(f"{files.source}: choose an image with PATH:REF (it holds: {known})")
     raise NixlayerError(f"{files.source}: no image named {ref} (it holds: {known})")
 
 
+def _shown_ref(name: Any) -> str:
+    return name if isinstance(name, str) else show_json(name)
+
+
+def _media_type(descriptor: dict[str, Any], where: str) -> str:
+    """A descriptor's mediaType, which consumers decode as a string ("" if absent)."""
+    media_type = descriptor.get("mediaType", "")
+    if not isinstance(media_type, str):
+        raise NixlayerError(f"{where}: mediaType {show_json(media_type)} is not a string")
+    return media_type
+
+
 def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
     descriptor = _descriptor(files, ref)
-    if descriptor.get("mediaType") in INDEX_TYPES:
+    if _media_type(descriptor, f"{files.source}: {INDEX}") in INDEX_TYPES:
         raise NixlayerError(f"{files.source}: a multi-platform index is not supported here")
     where = f"{files.source}: the manifest"
-    digest = str(descriptor.get("digest"))
+    digest = descriptor.get("digest")
     manifest = json_object(files.read_json(blob_name(digest, files.source)), where)
     config_digest = json_object(manifest.get("config"), f"{where}'s config").get("digest")
-    config, diff_ids = read_config(files, blob_name(str(config_digest), files.source))
+    config, diff_ids = read_config(files, blob_name(config_digest, files.source))
     layers = manifest.get("layers")
     if not isinstance(layers, list) or not json_strings(diff_ids) or len(layers) != len(diff_ids):
         raise NixlayerError(f"{files.source}: the manifest's layers do not match the config's")
@@ -98,14 +111,16 @@ def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
     blobs = tuple(
         BlobLayer(
             diff_id=diff_id,
-            digest=str(layer.get("digest")),
-            media_type=str(layer.get("mediaType", "")),
-            open=files.opener(blob_name(str(layer.get("digest")), files.source)),
-            blob_size=files.size(blob_name(str(layer.get("digest")), files.source)),
+            digest=layer.get("digest"),  # a string: blob_name checks it below
+            media_type=_media_type(layer, f"{where}'s layer {number}"),
+            open=files.opener(blob_name(layer.get("digest"), files.source)),
+            blob_size=files.size(blob_name(layer.get("digest"), files.source)),
             history=history,
             source=files.source,
         )
-        for layer, diff_id, history in zip(layers, diff_ids, layer_histories(config), strict=True)
+        for number, layer, diff_id, history in zip(
+            range(1, len(layers) + 1), layers, diff_ids, layer_histories(config), strict=True
+        )
     )
     annotations = json_object(descriptor.get("annotations", {}), f"{where}'s annotations")
     ref_name = annotations.get(CONTAINERD_NAME)
