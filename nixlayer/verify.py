@@ -573,16 +573,17 @@ def _merge(layers: Sequence[tuple[str, dict[str, Any], LayerNames]]) -> list[str
     for (label, history, names), paths in zip(layers, listed, strict=True):
         problems += unexpected_whiteouts(history, names, label)
         if written_by_nixlayer(history):
-            problems += [
-                f"{label}: holds the store path /{name}, which its history does not list"
-                for name in names.store_members
-                if posixpath.dirname(name) in store_dirs and name not in paths
-            ]
+            problems += _unlisted(label, names, paths, store_dirs)
         for cause in _causes(names):
             gone, changed = cause.effect(present, store_dirs, names.store_members)
             present -= gone
             damage.setdefault((label, f"{cause.what} hides"), set()).update(gone)
             damage.setdefault((label, f"{cause.what} changes"), set()).update(changed)
+        for path, member in names.inside.items():
+            if path in present:
+                damage.setdefault((label, f"the member {show_path(member)} changes"), set()).add(
+                    path
+                )
         present |= paths
         for hit in damage.values():
             hit -= paths  # listed again above: a consumer sees this layer's copy
@@ -591,6 +592,19 @@ def _merge(layers: Sequence[tuple[str, dict[str, Any], LayerNames]]) -> list[str
             more = f" and {len(hit) - 1} more" if len(hit) > 1 else ""
             problems.append(f"{label}: {what} the store path /{min(hit)}{more}")
     return problems
+
+
+def _unlisted(label: str, names: LayerNames, paths: set[str], store_dirs: set[str]) -> list[str]:
+    """A layer nixlayer wrote holds exactly the store paths its history lists: one it
+    lists but lacks is missing from the image, one it holds unlisted is unaccounted."""
+    held = {name for name in names.store_members if posixpath.dirname(name) in store_dirs}
+    return [
+        f"{label}: holds the store path /{name}, which its history does not list"
+        for name in sorted(held.union(names.inside) - paths)
+    ] + [
+        f"{label}: its history lists the store path /{name}, which it does not hold"
+        for name in sorted(paths - held)
+    ]
 
 
 @dataclass(frozen=True)
