@@ -168,11 +168,12 @@ class _Layout:
             fd = os.open(self.blob(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return False
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or found.st_size != size:
+            os.close(fd)
+            return False
         hashed = hashlib.sha256()
         with open(fd, "rb") as file:
-            found = os.fstat(fd)
-            if not stat.S_ISREG(found.st_mode) or found.st_size != size:
-                return False
             try:
                 while chunk := file.read(_CHUNK):
                     hashed.update(chunk)
@@ -187,6 +188,10 @@ class _Layout:
         try:
             pending.publish(path, clobber=False)
         except FileExistsError:
+            if os.path.isdir(path) and not os.path.islink(path):
+                raise NixlayerError(
+                    f"-o {show_path(self.folder)}: {blob_name(digest)} is a folder, not a blob"
+                ) from None
             pending.publish(path)
         else:
             self.added.append(path)
