@@ -49,7 +49,7 @@ from nixlayer.formats.files import (
     folder_files,
     tar_files,
 )
-from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT, is_layout_file
+from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT, LAYOUT_VERSION, is_layout_file
 from nixlayer.image import config_problems, layer_histories
 from nixlayer.jsonfile import parse_json
 from nixlayer.layers import layer_store_paths, unexpected_whiteouts, written_by_nixlayer
@@ -390,7 +390,7 @@ def _verify_layout(source: str, files: ImageFiles, image_format: str) -> VerifyR
     check = _Checker(files, report)
     layout = check.json(LAYOUT, "the layout file")
     if layout is not None and not is_layout_file(layout):
-        check.problem(f"{LAYOUT} has no imageLayoutVersion")
+        check.problem(f"{LAYOUT}: its imageLayoutVersion is not {LAYOUT_VERSION}")
     index = check.json(INDEX, "the index")
     if index is not None:
         _check_index(check, index, INDEX, 0)

@@ -262,3 +262,51 @@ def test_a_file_named_as_a_folder_is_left_alone(tmp_path: Path, suffix: str, wha
         result = _archive_to(store, out)
     _input_error(result, "old.tar", "is a file, not a folder")
     assert old.read_bytes() == b"old"
+
+
+# --- a layout whose own files verify (and umoci) reject ------------------------------
+
+
+def _layout_with(folder: Path, layout_file: str, index: object | None) -> Path:
+    (folder / "blobs" / "sha256").mkdir(parents=True)
+    (folder / "oci-layout").write_text(layout_file)
+    if index is not None:
+        (folder / "index.json").write_text(json.dumps(index))
+    return folder
+
+
+def test_a_layout_of_another_version_is_refused_and_flagged(tmp_path: Path, tools: Tools) -> None:
+    """umoci reads only version 1.0.0 ("layout version is not supported"); the build
+    wrote into a 2.0.0 layout and verify said OK."""
+    store = _small_store(tmp_path, 4096)
+    layout = _layout_with(tmp_path / "image", '{"imageLayoutVersion":"2.0.0"}', None)
+    _input_error(_layout_build(store, layout), "oci-layout", "version 1.0.0")
+    assert sorted(p.name for p in layout.rglob("*")) == ["blobs", "oci-layout", "sha256"]
+    good = tmp_path / "good"
+    assert _layout_build(store, good).returncode == 0
+    (good / "oci-layout").write_text('{"imageLayoutVersion":"1.0.1"}')
+    assert "imageLayoutVersion is not 1.0.0" in _problems(good)
+    listed = subprocess.run([tools.umoci, "ls", "--layout", str(good)], capture_output=True)
+    assert listed.returncode != 0
+
+
+KEPT = {
+    "no digest": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 3},
+    "a missing blob": {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": "sha256:" + "a" * 64,
+        "size": 3,
+    },
+}
+
+
+@pytest.mark.parametrize("entry", sorted(KEPT))
+def test_an_index_listing_a_broken_image_is_refused(tmp_path: Path, entry: str) -> None:
+    """The layout's other image stays beside the new one: written into, it made a
+    layout its own verify rejects, with exit 0."""
+    store = _small_store(tmp_path, 4096)
+    index = {"schemaVersion": 2, "manifests": [KEPT[entry]]}
+    layout = _layout_with(tmp_path / "image", '{"imageLayoutVersion":"1.0.0"}', index)
+    _input_error(_layout_build(store, layout), "index.json", "manifest 1")
+    assert json.loads((layout / "index.json").read_text()) == index
+    assert list((layout / "blobs" / "sha256").iterdir()) == []
