@@ -12,6 +12,7 @@ more members of each class than the first fixes' tests cover.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -182,9 +183,9 @@ def _opened(holder: subprocess.Popen[bytes], fd: int) -> None:
         time.sleep(0.05)
 
 
-def _archive_to(store: object, out: str) -> subprocess.CompletedProcess[bytes]:
+def _archive_to(store: object, out: str, *flags: str) -> subprocess.CompletedProcess[bytes]:
     args = ["from-closure", store.closure(), "--store-root", store.root, "-q", "--no-cache"]  # type: ignore[attr-defined]
-    command = [*nixlayer_command(), *map(str, args), "-o", out]
+    command = [*nixlayer_command(), *map(str, args), "-o", out, *flags]
     return subprocess.run(command, capture_output=True, check=False, timeout=300)
 
 
@@ -310,3 +311,46 @@ def test_an_index_listing_a_broken_image_is_refused(tmp_path: Path, entry: str) 
     _input_error(_layout_build(store, layout), "index.json", "manifest 1")
     assert json.loads((layout / "index.json").read_text()) == index
     assert list((layout / "blobs" / "sha256").iterdir()) == []
+
+
+# --- numbers consumers reject: the config's User -------------------------------------
+
+
+@pytest.mark.parametrize("user", ["2147483648", "0:99999999999", "-1", "app:-5"])
+def test_a_user_id_runtimes_reject_is_refused(tmp_path: Path, user: str) -> None:
+    """runc and umoci read a numeric user or group as a signed 32-bit id."""
+    store = _small_store(tmp_path, 4096)
+    out = tmp_path / "image.tar"
+    _input_error(_archive_to(store, str(out), "--user", user), "--user", "out of range")
+    assert not out.exists()
+
+
+def test_verify_flags_a_user_id_umoci_rejects(tmp_path: Path, tools: Tools) -> None:
+    """An image another tool wrote with such a User: umoci cannot unpack it."""
+    store = _small_store(tmp_path, 4096)
+    image = tmp_path / "image.tar"
+    assert _archive_to(store, str(image), "--user", "2147483647").returncode == 0
+    assert verify_image(str(image)).ok
+    with tarfile.open(image) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    manifest = json.loads(files["manifest.json"])
+    config = json.loads(files[manifest[0]["Config"]])
+    config["config"]["User"] = "4294967295"
+    files[manifest[0]["Config"]] = json.dumps(config).encode()
+    hacked = tmp_path / "hacked.tar"
+    with tarfile.open(hacked, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert "User 4294967295: the id 4294967295 is out of range" in _problems(hacked)
+    unpacked = subprocess.run(
+        [tools.skopeo, "copy", f"docker-archive:{hacked}", f"oci:{tmp_path / 'oci'}:x"],
+        capture_output=True,
+    )
+    assert unpacked.returncode == 0, unpacked.stderr
+    bundle = subprocess.run(
+        [tools.umoci, "unpack", "--image", f"{tmp_path / 'oci'}:x", str(tmp_path / "b")],
+        capture_output=True,
+    )
+    assert b"must be in range" in bundle.stderr
