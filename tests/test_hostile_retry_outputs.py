@@ -331,18 +331,7 @@ def test_verify_flags_a_user_id_umoci_rejects(tmp_path: Path, tools: Tools) -> N
     image = tmp_path / "image.tar"
     assert _archive_to(store, str(image), "--user", "2147483647").returncode == 0
     assert verify_image(str(image)).ok
-    with tarfile.open(image) as tar:
-        files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
-    manifest = json.loads(files["manifest.json"])
-    config = json.loads(files[manifest[0]["Config"]])
-    config["config"]["User"] = "4294967295"
-    files[manifest[0]["Config"]] = json.dumps(config).encode()
-    hacked = tmp_path / "hacked.tar"
-    with tarfile.open(hacked, "w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    hacked = _with_config(image, tmp_path / "hacked.tar", {"User": "4294967295"})
     assert "User 4294967295: the id 4294967295 is out of range" in _problems(hacked)
     unpacked = subprocess.run(
         [tools.skopeo, "copy", f"docker-archive:{hacked}", f"oci:{tmp_path / 'oci'}:x"],
@@ -354,3 +343,43 @@ def test_verify_flags_a_user_id_umoci_rejects(tmp_path: Path, tools: Tools) -> N
         capture_output=True,
     )
     assert b"must be in range" in bundle.stderr
+
+
+def _with_config(image: Path, out: Path, run_config: dict[str, object], **fields: object) -> Path:
+    """A copy of a docker-archive with fields of its config (and run config) changed."""
+    with tarfile.open(image) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    name = json.loads(files["manifest.json"])[0]["Config"]
+    config = json.loads(files[name])
+    config["config"].update(run_config)
+    config.update(fields)
+    files[name] = json.dumps(config).encode()
+    with tarfile.open(out, "w") as tar:
+        for member, data in files.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out
+
+
+# --- a base whose history is shorter than its layers ---------------------------------
+
+
+def test_our_history_describes_our_layers_over_a_base_without_history(tmp_path: Path) -> None:
+    """History entries pair with layers in order: over a base with none, our entry
+    listing the store paths described the base's layer, and ours had none."""
+    store = _small_store(tmp_path, 4096)
+    first = tmp_path / "first.tar"
+    assert _archive_to(store, str(first)).returncode == 0
+    base = _with_config(first, tmp_path / "base.tar", {}, history=None)
+    out = tmp_path / "out.tar"
+    result = _archive_to(store, str(out), "--from", str(base))
+    assert result.returncode == 0, result.stderr
+    with tarfile.open(out) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        config = json.load(tar.extractfile(manifest[0]["Config"]))  # type: ignore[arg-type]
+    assert len(config["history"]) == len(config["rootfs"]["diff_ids"]) == 2
+    assert "created_by" not in config["history"][0]
+    assert config["history"][1]["comment"].startswith("store paths: ")
+    report = verify_image(str(out))
+    assert report.ok, report.problems
