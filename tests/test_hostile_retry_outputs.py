@@ -383,3 +383,16 @@ def test_our_history_describes_our_layers_over_a_base_without_history(tmp_path: 
     assert config["history"][1]["comment"].startswith("store paths: ")
     report = verify_image(str(out))
     assert report.ok, report.problems
+
+
+@pytest.mark.parametrize("blocker", ["blobs", "blobs/sha256"])
+def test_a_file_where_a_layouts_folder_goes_is_named(tmp_path: Path, blocker: str) -> None:
+    """Neither "the folder image does not exist" nor "File exists": they sent the user to
+    the wrong place. The file in the way is named."""
+    store = _small_store(tmp_path, 4096)
+    layout = _layout_with(tmp_path / "image", '{"imageLayoutVersion":"1.0.0"}', None)
+    for folder in (layout / "blobs" / "sha256", layout / "blobs"):
+        folder.rmdir()
+    (layout / blocker).parent.mkdir(exist_ok=True)
+    (layout / blocker).write_text("x")
+    _input_error(_layout_build(store, layout), f"{layout / blocker} is a file, not a folder")

@@ -335,8 +335,9 @@ def _started_layout(folder: Path) -> Iterator[None]:
         )
     try:
         (folder / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        why = missing_folder(folder) if error.errno == errno.ENOTDIR else error.strerror
+    except OSError as error:  # the first of the names that is no folder, if one is
+        blocked = error.errno in (errno.ENOTDIR, errno.EEXIST)
+        why = missing_folder(error.filename or folder) if blocked else error.strerror
         raise NixlayerError(f"-o {show_path(folder)}: cannot create it: {why}") from None
     with _locked(folder):
         _existing_manifests(folder)  # a layout the image cannot be added to fails now
