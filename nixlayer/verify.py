@@ -9,10 +9,11 @@ manifests and index against the config, and every layer tar member by member (ea
 path once, no absolute or ``..`` names, hard links only to earlier members of the same
 layer, ids, modes and times consumers accept, whiteouts they all read alike, an intact
 end-of-archive marker). The layers are then replayed as a consumer merges them: no
-store path a layer's history lists may be hidden by a higher layer, and a layer
-nixlayer wrote holds no whiteout. It reads docker-archives (plain or compressed as a
-whole, with no member name that climbs out), OCI layout folders and oci-archives, and
-never unpacks anything.
+store path a layer's history lists may be hidden or changed by a higher layer (a
+whiteout, a file or symlink at or above it, any member inside it), and a layer
+nixlayer wrote holds no whiteout, and exactly the store paths its history lists. It
+reads docker-archives (plain or compressed as a whole, with no member name that climbs
+out), OCI layout folders and oci-archives, and never unpacks anything.
 
 Problems with the image are collected in a ``VerifyReport``; only a path that is not
 an image at all raises ``NixlayerError``.
@@ -598,9 +599,10 @@ def _unlisted(label: str, names: LayerNames, paths: set[str], store_dirs: set[st
     """A layer nixlayer wrote holds exactly the store paths its history lists: one it
     lists but lacks is missing from the image, one it holds unlisted is unaccounted."""
     held = {name for name in names.store_members if posixpath.dirname(name) in store_dirs}
+    held.update(names.inside)  # a member inside a path makes it, if nothing else does
     return [
         f"{label}: holds the store path /{name}, which its history does not list"
-        for name in sorted(held.union(names.inside) - paths)
+        for name in sorted(held - paths)
     ] + [
         f"{label}: its history lists the store path /{name}, which it does not hold"
         for name in sorted(paths - held)
