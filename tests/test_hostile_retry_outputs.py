@@ -98,6 +98,15 @@ def test_verify_flags_a_nixlayer_layer_holding_files_of_an_unlisted_path(tmp_pat
     assert f"holds the store path /nix/store/{'3' * 32}-three, which" in _problems(image)
 
 
+def test_a_store_path_held_without_its_folder_entry_is_held(tmp_path: Path) -> None:
+    """Consumers make the folder of a member whose folder has no entry: the path is
+    there, as listed."""
+    layer = _layer(_member(f"{NAME}/hi", data=b"hi\n"))
+    image = _archive(tmp_path / "i.tar", [(layer, _store_layer()[1])])
+    report = verify_image(str(image))
+    assert report.ok, report.problems
+
+
 def test_a_store_path_named_like_a_prefix_of_another_is_not_inside_it(tmp_path: Path) -> None:
     """``…-one`` and ``…-one-dev`` share a prefix, not a folder."""
     top = _layer(_member(f"{NAME}-dev/", tarfile.DIRTYPE), _member(f"{NAME}-dev/x"))
