@@ -120,11 +120,14 @@ class LayerNames:
     image's layers as a consumer merges them: its whiteouts (``.wh.`` names, opaque
     markers among them), and whether each member at or above a store path is a
     directory. ``watched`` are the store directories whose members are kept: the
-    layer's other files are many and cannot hide the store."""
+    layer's other files are many and cannot hide the store. Of the members inside a
+    store path only the first is kept (``inside``, by store path): a layer that does
+    not list that path changes it with any of them."""
 
     watched: frozenset[str] = frozenset()
     whiteouts: list[str] = field(default_factory=list)
     store_members: dict[str, bool] = field(default_factory=dict)
+    inside: dict[str, str] = field(default_factory=dict)
 
     def note(self, name: str, directory: bool) -> None:
         if is_whiteout(name):
@@ -135,6 +138,11 @@ class LayerNames:
             or any(store.startswith(name + "/") for store in self.watched)
         ):
             self.store_members[name] = directory
+        else:
+            for store in self.watched:
+                if name.startswith(store + "/"):
+                    end = name.find("/", len(store) + 1)
+                    self.inside.setdefault(name[:end], name)
 
 
 def is_whiteout(name: str) -> bool:

@@ -175,10 +175,17 @@ def config_json(spec: ImageSpec, diff_ids: Sequence[str]) -> bytes:
     """The image config: platform, creation time, run config, diff_ids, and a history
     entry a layer, whose comment lists its store paths so tools can read the plan back.
 
-    A base image's history is kept as it was, with ours after it.
+    A base image's history is kept as it was, with ours after it, and an empty entry
+    for each base layer it has none for: entries pair with layers in order, so ours
+    would otherwise describe the base's layers (and a base layer another tool wrote
+    would pass for nixlayer's, listing our store paths).
     """
     settings = spec.settings
-    base_history = (spec.base.config.get("history") if spec.base else None) or []
+    base_history: list[Any] = []
+    if spec.base is not None:
+        history = spec.base.config.get("history")
+        missing = len(spec.base.layers) - len(_owned_history(spec.base.config))
+        base_history = [*(history if isinstance(history, list) else []), *[{}] * missing]
     config: dict[str, Any] = {
         "architecture": settings.architecture,
         "os": "linux",

@@ -278,17 +278,41 @@ def destination_of(name: str, flag: str = "-o") -> Destination:
     path = name
     for _ in range(_MAX_LINKS):
         head, last = os.path.split(path)
-        if last in ("", ".", ".."):  # a folder named by its own path
-            return _found(os.path.realpath(path), name, flag, follow=True)
+        if last in ("", ".", ".."):  # a folder named by its own path, or no path at all
+            found = _found(path, name, flag, follow=True)  # a file's "file/." is none
+            return Destination(os.path.realpath(path), found.mode)
         folder = os.path.realpath(head or ".")
         path = os.path.join(folder, last)
-        if last.isdigit() and re.fullmatch(rf"/proc/{os.getpid()}(/task/\d+)?/fd", folder):
+        process = re.fullmatch(r"/proc/(\d+)(/task/\d+)?/fd", folder)
+        if last.isdigit() and process and process[1] == str(os.getpid()):
             return Destination(path, descriptor=int(last))
+        if last.isdigit() and process:
+            found = _found(path, name, flag, follow=True)
+            if found.mode is None or not stat.S_ISREG(found.mode):
+                return found  # a pipe, device or socket: opened through the link
+            path = _named_file(path, name, flag)
+            continue
         found = _found(path, name, flag)
         if found.mode is None or not stat.S_ISLNK(found.mode):
             return found
         path = os.path.join(folder, os.readlink(path))
     raise NixlayerError(f"{flag} {show_path(name)}: too many levels of symbolic links")
+
+
+def _named_file(descriptor: str, name: str, flag: str) -> str:
+    """The file another process's descriptor (``/proc/PID/fd/N``) is open on, by its
+    name. Its link's text is no path to write to when the file was deleted or moved
+    (``… (deleted)``): a new file of that name would be a file nobody asked for."""
+    target = os.readlink(descriptor)
+    try:
+        if os.path.samestat(os.stat(descriptor), os.stat(target)):
+            return target
+    except OSError:
+        pass
+    raise NixlayerError(
+        f"{flag} {show_path(name)}: another process's descriptor, open on a file that "
+        "was deleted or moved"
+    )
 
 
 def _found(path: str, name: str, flag: str, follow: bool = False) -> Destination:

@@ -24,6 +24,10 @@ _SET_FIELDS = ("ExposedPorts", "Volumes")
 KNOWN_FIELDS = (*_LIST_FIELDS, *_STRING_FIELDS, *_SET_FIELDS, "Env", "Labels")
 _PORT = re.compile(r"([0-9]{1,5})(?:/(tcp|udp|sctp))?")
 _ENV_NAME = re.compile(r"[^=\0]+")
+# runc and umoci read a numeric user or group of User as a signed 32-bit id, and
+# refuse the container (umoci the unpack) beyond it.
+MAX_USER_ID = 2**31 - 1
+_NUMBER = re.compile(r"[+-]?[0-9]+", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ def _flag_config(flags: RunFlags) -> dict[str, Any]:
         config["Volumes"] = {_absolute(v, "--volume"): {} for v in flags.volumes}
     if flags.labels:
         config["Labels"] = dict(_key_value(label, "--label") for label in flags.labels)
+    checks = {"WorkingDir": _absolute, "User": check_user}
     for field, flag, value in (
         ("WorkingDir", "--workdir", flags.workdir),
         ("User", "--user", flags.user),
@@ -101,8 +106,20 @@ def _flag_config(flags: RunFlags) -> dict[str, Any]:
         if value == "":  # the config's "not set": it would not replace a base's value
             raise NixlayerError(f"{flag}: empty; leave it out to keep the default")
         if value is not None:
-            config[field] = _absolute(value, flag) if field == "WorkingDir" else value
+            check = checks.get(field)
+            config[field] = check(value, flag) if check else value
     return config
+
+
+def check_user(user: str, source: str) -> str:
+    """``USER[:GROUP]`` whose numeric parts are ids a runtime accepts."""
+    for part in user.split(":"):
+        if _NUMBER.fullmatch(part) and not 0 <= int(part) <= MAX_USER_ID:
+            raise NixlayerError(
+                f"{source} {user}: the id {part} is out of range (0 to {MAX_USER_ID}, "
+                "as runc and umoci read it)"
+            )
+    return user
 
 
 def _absolute(path: str, flag: str) -> str:
@@ -133,6 +150,8 @@ def check_run_config(config: Any, source: str) -> None:
         value = config.get(field)
         if value is not None and not isinstance(value, str):
             raise NixlayerError(f"{source}: {field} must be a string")
+    if isinstance(config.get("User"), str):
+        check_user(config["User"], f"{source}: User")
     for field in _SET_FIELDS:
         value = config.get(field)
         if value is not None and not isinstance(value, dict):

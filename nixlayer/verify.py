@@ -9,10 +9,11 @@ manifests and index against the config, and every layer tar member by member (ea
 path once, no absolute or ``..`` names, hard links only to earlier members of the same
 layer, ids, modes and times consumers accept, whiteouts they all read alike, an intact
 end-of-archive marker). The layers are then replayed as a consumer merges them: no
-store path a layer's history lists may be hidden by a higher layer, and a layer
-nixlayer wrote holds no whiteout. It reads docker-archives (plain or compressed as a
-whole, with no member name that climbs out), OCI layout folders and oci-archives, and
-never unpacks anything.
+store path a layer's history lists may be hidden or changed by a higher layer (a
+whiteout, a file or symlink at or above it, any member inside it), and a layer
+nixlayer wrote holds no whiteout, and exactly the store paths its history lists. It
+reads docker-archives (plain or compressed as a whole, with no member name that climbs
+out), OCI layout folders and oci-archives, and never unpacks anything.
 
 Problems with the image are collected in a ``VerifyReport``; only a path that is not
 an image at all raises ``NixlayerError``.
@@ -49,7 +50,7 @@ from nixlayer.formats.files import (
     folder_files,
     tar_files,
 )
-from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT, is_layout_file
+from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT, LAYOUT_VERSION, is_layout_file
 from nixlayer.image import config_problems, layer_histories
 from nixlayer.jsonfile import parse_json
 from nixlayer.jsonstream import show_json
@@ -397,7 +398,7 @@ def _verify_layout(source: str, files: ImageFiles, image_format: str) -> VerifyR
     check = _Checker(files, report)
     layout = check.json(LAYOUT, "the layout file")
     if layout is not None and not is_layout_file(layout):
-        check.problem(f"{LAYOUT} has no imageLayoutVersion")
+        check.problem(f"{LAYOUT}: its imageLayoutVersion is not {LAYOUT_VERSION}")
     index = check.json(INDEX, "the index")
     if index is not None:
         _check_index(check, index, INDEX, 0)
@@ -585,16 +586,17 @@ def _merge(layers: Sequence[tuple[str, dict[str, Any], LayerNames]]) -> list[str
     for (label, history, names), paths in zip(layers, listed, strict=True):
         problems += unexpected_whiteouts(history, names, label)
         if written_by_nixlayer(history):
-            problems += [
-                f"{label}: holds the store path /{name}, which its history does not list"
-                for name in names.store_members
-                if posixpath.dirname(name) in store_dirs and name not in paths
-            ]
+            problems += _unlisted(label, names, paths, store_dirs)
         for cause in _causes(names):
             gone, changed = cause.effect(present, store_dirs, names.store_members)
             present -= gone
             damage.setdefault((label, f"{cause.what} hides"), set()).update(gone)
             damage.setdefault((label, f"{cause.what} changes"), set()).update(changed)
+        for path, member in names.inside.items():
+            if path in present:
+                damage.setdefault((label, f"the member {show_path(member)} changes"), set()).add(
+                    path
+                )
         present |= paths
         for hit in damage.values():
             hit -= paths  # listed again above: a consumer sees this layer's copy
@@ -603,6 +605,20 @@ def _merge(layers: Sequence[tuple[str, dict[str, Any], LayerNames]]) -> list[str
             more = f" and {len(hit) - 1} more" if len(hit) > 1 else ""
             problems.append(f"{label}: {what} the store path /{min(hit)}{more}")
     return problems
+
+
+def _unlisted(label: str, names: LayerNames, paths: set[str], store_dirs: set[str]) -> list[str]:
+    """A layer nixlayer wrote holds exactly the store paths its history lists: one it
+    lists but lacks is missing from the image, one it holds unlisted is unaccounted."""
+    held = {name for name in names.store_members if posixpath.dirname(name) in store_dirs}
+    held.update(names.inside)  # a member inside a path makes it, if nothing else does
+    return [
+        f"{label}: holds the store path /{name}, which its history does not list"
+        for name in sorted(held - paths)
+    ] + [
+        f"{label}: its history lists the store path /{name}, which it does not hold"
+        for name in sorted(paths - held)
+    ]
 
 
 @dataclass(frozen=True)

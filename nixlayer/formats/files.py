@@ -92,9 +92,16 @@ def read_config(files: ImageFiles, name: str) -> tuple[dict[str, Any], Any]:
 def folder_files(path: Path) -> ImageFiles:
     """The files of a layout folder, each opened only if it is a regular file: a named
     pipe or a link to a device where a blob should be is an error, not a wait for ever.
-    A link that leads nowhere is a missing file."""
+    A link that leads nowhere is a missing file.
+
+    Only the names a layout defines are listed (its top files, ``blobs/ALGORITHM/*``),
+    through symlinks as consumers (skopeo, umoci) open them: a ``blobs`` folder that
+    is a link to another disk is still the layout's. No deeper, so that no link loop
+    is walked for ever."""
     files: dict[str, tuple[int, Opener]] = {}
-    for folder, _, names in os.walk(path):
+    for folder, subfolders, names in os.walk(path, followlinks=True):
+        depth = len(Path(folder).relative_to(path).parts)
+        subfolders[:] = [d for d in subfolders if depth == 1 or (depth == 0 and d == "blobs")]
         for name in names:
             full = Path(folder, name)
             relative = full.relative_to(path).as_posix()

@@ -131,7 +131,8 @@ def read_oci(files: ImageFiles, ref: str | None = None) -> SourceImage:
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
-LAYOUT_CONTENT = b'{"imageLayoutVersion":"1.0.0"}'
+LAYOUT_VERSION = "1.0.0"
+LAYOUT_CONTENT = canonical_json({"imageLayoutVersion": LAYOUT_VERSION})
 WORKERS = 2
 
 
@@ -150,8 +151,9 @@ class WrittenLayout:
 
 
 def is_layout_file(value: Any) -> bool:
-    """Whether ``value`` (the parsed ``oci-layout`` file) is what a layout holds."""
-    return isinstance(value, dict) and isinstance(value.get("imageLayoutVersion"), str)
+    """Whether ``value`` (the parsed ``oci-layout`` file) is what a layout holds: of
+    the one version there is, which umoci insists on (another is "not supported")."""
+    return isinstance(value, dict) and value.get("imageLayoutVersion") == LAYOUT_VERSION
 
 
 _LAYOUT_FILE_MAX = 1024  # the file is 30 bytes; nothing past this is read
@@ -185,11 +187,12 @@ class _Layout:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return False
+        found = os.fstat(fd)
+        if not stat.S_ISREG(found.st_mode) or found.st_size != size:
+            os.close(fd)
+            return False
         hashed = hashlib.sha256()
         with open(fd, "rb") as file:
-            found = os.fstat(fd)
-            if not stat.S_ISREG(found.st_mode) or found.st_size != size:
-                return False
             if self.cache.saw(path, digest, found):
                 return True
             try:
@@ -209,6 +212,10 @@ class _Layout:
         try:
             pending.publish(path, clobber=False)
         except FileExistsError:
+            if os.path.isdir(path) and not os.path.islink(path):
+                raise NixlayerError(
+                    f"-o {show_path(self.folder)}: {blob_name(digest)} is a folder, not a blob"
+                ) from None
             pending.publish(path)
         else:
             self.added.append(path)
@@ -346,12 +353,14 @@ def _started_layout(folder: Path) -> Iterator[None]:
         raise NixlayerError(f"-o {show_path(folder)}: a folder that is not an OCI image layout")
     if has_layout_file and not _valid_layout_file(folder / LAYOUT):
         raise NixlayerError(
-            f"-o {show_path(folder)}: its {LAYOUT} file is empty or not an OCI layout's"
+            f"-o {show_path(folder)}: its {LAYOUT} file is not an OCI layout's of version "
+            f"{LAYOUT_VERSION}"
         )
     try:
         (folder / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        why = missing_folder(folder) if error.errno == errno.ENOTDIR else error.strerror
+    except OSError as error:  # the first of the names that is no folder, if one is
+        blocked = error.errno in (errno.ENOTDIR, errno.EEXIST)
+        why = missing_folder(error.filename or folder) if blocked else error.strerror
         raise NixlayerError(f"-o {show_path(folder)}: cannot create it: {why}") from None
     with _locked(folder):
         _existing_manifests(folder)  # a layout the image cannot be added to fails now
@@ -402,6 +411,26 @@ def _existing_manifests(folder: Path) -> list[dict[str, Any]]:
     return _manifests(load_json(path, where), where)
 
 
+def _check_kept(folder: Path, descriptor: dict[str, Any], where: str) -> None:
+    """An image the layout lists already stays beside ours: if its descriptor names no
+    blob of the layout (no sha256 digest, no size, a blob not there or of another
+    size), the layout written would be one ``verify`` rejects. A blob a descriptor
+    gives ``urls`` for may be elsewhere."""
+    size = descriptor.get("size")
+    name = blob_name(str(descriptor.get("digest")), where)
+    if "urls" in descriptor:
+        return
+    try:
+        found = os.stat(folder / name)
+    except OSError:
+        found = None
+    if found is None or not stat.S_ISREG(found.st_mode) or found.st_size != size:
+        raise NixlayerError(
+            f"{where}: its blob {name} is not there as its descriptor says "
+            f"({show_json(size)} bytes); repair or remove it first"
+        )
+
+
 def _manifests(index: Any, where: str) -> list[dict[str, Any]]:
     manifests = json_object(index, where).get("manifests", [])
     if not isinstance(manifests, list):
@@ -411,9 +440,15 @@ def _manifests(index: Any, where: str) -> list[dict[str, Any]]:
 
 def _update_index(layout: _Layout, descriptor: dict[str, Any]) -> None:
     """``index.json`` with our image, replacing one of the same name: written last and
-    renamed into place, so the layout is always either the old one or the new one."""
+    renamed into place, so the layout is always either the old one or the new one.
+    The images it keeps must be whole (``_check_kept``)."""
     ref = descriptor["annotations"][REF_NAME]
-    kept = [m for m in _existing_manifests(layout.folder) if _ref(m) != ref]
+    existing = _existing_manifests(layout.folder)
+    for number, other in enumerate(existing, 1):
+        if _ref(other) != ref:
+            where = f"-o {show_path(layout.folder)}: {INDEX}: manifest {number}"
+            _check_kept(layout.folder, other, where)
+    kept = [m for m in existing if _ref(m) != ref]
     index = {"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": [*kept, descriptor]}
     layout.index = canonical_json(index)
     with pending_file(layout.folder) as pending:
