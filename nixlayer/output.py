@@ -397,9 +397,7 @@ def _written_through(target: Destination, name: str, flag: str) -> Iterator[Bina
         else:
             fd = os.open(target.path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as error:
-        raise NixlayerError(
-            f"{flag} {show_path(name)}: cannot write there: {error.strerror}"
-        ) from None
+        raise _cannot_write(flag, name, error) from None
     with open(fd, "wb", buffering=_BUFFER) as out:
         _widen_pipe(out)
         yield out
