@@ -3,7 +3,8 @@ sha256 of its uncompressed tar and a check of its members, without unpacking it.
 
 ``verify`` checks every blob of an image with these; a base image's layers are
 checked with them too before they are copied into a new image (``--from``), so
-that no member name that climbs out of the root reaches a consumer unnoticed.
+that no member name that climbs out of the root reaches a consumer unnoticed. Here
+too what a whiteout is (``is_whiteout``), for the writers that refuse one.
 """
 
 from __future__ import annotations

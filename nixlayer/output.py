@@ -1,4 +1,11 @@
-"""Writing outputs so that no half-written file ever sits at the destination."""
+"""Writing outputs so that no half-written file ever sits at the destination.
+
+A file is written beside the one ``-o`` names, or the one a symlink there leads to,
+and renamed over it once complete; a stream (``-``, ``/dev/stdout``, a device, a pipe,
+a socket) is written through, and a derivation's own output in place (see
+``Destination``). What a run adds goes again on every path out, and after ``kill -9``
+too (``removed_if_killed``).
+"""
 
 from __future__ import annotations
 

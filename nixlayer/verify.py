@@ -7,12 +7,14 @@ of them in one pass over each blob: every blob's sha256 and size against its
 descriptor, every layer's uncompressed sha256 against the config's diff_id, the
 manifests and index against the config, and every layer tar member by member (each
 path once, no absolute or ``..`` names, hard links only to earlier members of the same
-layer, ids, modes and times consumers accept, whiteouts they all read alike, an intact
-end-of-archive marker). The layers are then replayed as a consumer merges them: no
-store path a layer's history lists may be hidden by a higher layer, and a layer
-nixlayer wrote holds no whiteout. It reads docker-archives (plain or compressed as a
-whole, with no member name that climbs out), OCI layout folders and oci-archives, and
-never unpacks anything.
+layer, ids, modes and times consumers accept, whiteouts they all read alike, no PAX
+global header that sets fields, an intact end-of-archive marker), and each config's
+typed fields (the platform, the history, the run config) against the types consumers
+decode. The layers are then replayed as a consumer merges them: no store path a
+layer's history lists may be hidden by a higher layer, and a layer nixlayer wrote
+holds no whiteout. It reads docker-archives (plain or compressed as a whole, with no
+member name that climbs out), OCI layout folders and oci-archives (a blob nothing
+names is a note: the layout allows it), and never unpacks anything.
 
 Problems with the image are collected in a ``VerifyReport``; only a path that is not
 an image at all raises ``NixlayerError``.
