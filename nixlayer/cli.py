@@ -127,6 +127,13 @@ ClosureArg = Annotated[
         metavar="CLOSURE",
     ),
 ]
+ImageArg = Annotated[
+    str,
+    typer.Argument(
+        help="A docker-archive, OCI layout or oci-archive.", parser=_TEXT_PATH, metavar="IMAGE"
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 InputFormat = Annotated[
     str | None,
     typer.Option(help=f"Force the input shape: {', '.join(INPUT_FORMATS)}.", show_default=False),
@@ -520,7 +527,7 @@ def diff_command(
             metavar="NEW",
         ),
     ],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    as_json: AsJson = False,
     fail_over: Annotated[
         str | None,
         _opt(
@@ -549,15 +556,8 @@ def diff_command(
 
 @app.command("inspect")
 def inspect_command(
-    image: Annotated[
-        str,
-        typer.Argument(
-            help="A docker-archive, OCI layout or oci-archive.",
-            parser=_TEXT_PATH,
-            metavar="IMAGE",
-        ),
-    ],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    image: ImageArg,
+    as_json: AsJson = False,
 ) -> None:
     """Show an image's config and, per layer, its digest, size and store paths."""
     description = describe_image(read_image(image, "IMAGE"))
@@ -569,15 +569,8 @@ def inspect_command(
 
 @app.command("verify")
 def verify_command(
-    image: Annotated[
-        str,
-        typer.Argument(
-            help="A docker-archive, OCI layout or oci-archive.",
-            parser=_TEXT_PATH,
-            metavar="IMAGE",
-        ),
-    ],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    image: ImageArg,
+    as_json: AsJson = False,
 ) -> None:
     """Re-read an image and check every digest, size and diff_id; exit 1 on a problem."""
     from nixlayer.verify import format_report, verify_image  # only this command needs it
