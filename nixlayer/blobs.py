@@ -126,15 +126,19 @@ class LayerNames:
     watched: frozenset[str] = frozenset()
     whiteouts: list[str] = field(default_factory=list)
     store_members: dict[str, bool] = field(default_factory=dict)
+    # The folders above a watched one: ``note`` runs for every member of every layer,
+    # and a set lookup keeps its cost flat.
+    _above: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._above = frozenset(
+            store[:at] for store in self.watched for at, char in enumerate(store) if char == "/"
+        )
 
     def note(self, name: str, directory: bool) -> None:
         if is_whiteout(name):
             self.whiteouts.append(name)
-        elif (
-            name in self.watched
-            or posixpath.dirname(name) in self.watched
-            or any(store.startswith(name + "/") for store in self.watched)
-        ):
+        elif name in self.watched or name in self._above or posixpath.dirname(name) in self.watched:
             self.store_members[name] = directory
 
 
