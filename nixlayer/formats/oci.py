@@ -38,7 +38,7 @@ from nixlayer.jsonfile import json_strings, load_json
 from nixlayer.jsonstream import show_json
 from nixlayer.layers import BlobLayer, Layer, LayerSized
 from nixlayer.output import PendingFile, pending_file, removed_if_killed, scratch_folder
-from nixlayer.store import walk_tree
+from nixlayer.store import FILE_FLAGS, walk_tree
 from nixlayer.tarwriter import WRITER_THREAD, lay_out, write_layer
 
 Progress = Callable[[int], None]
@@ -165,7 +165,7 @@ class _Layout:
         making it (the store read, the tar and the compression).
         (``blobs.read_blob`` is five times slower: it follows a tar's zero blocks.)"""
         try:
-            fd = os.open(self.blob(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(self.blob(digest), FILE_FLAGS)
         except OSError:
             return False
         hashed = hashlib.sha256()
