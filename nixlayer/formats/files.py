@@ -94,15 +94,16 @@ def folder_files(path: Path) -> ImageFiles:
     """The files of a layout folder, each opened only if it is a regular file: a named
     pipe or a link to a device where a blob should be is an error, not a wait for ever.
     A link that leads nowhere is a missing file."""
+    source = show_path(path)
     files: dict[str, tuple[int, Opener]] = {}
     for folder, _, names in os.walk(path):
         for name in names:
             full = Path(folder, name)
             relative = full.relative_to(path).as_posix()
             with contextlib.suppress(FileNotFoundError):
-                opener = partial(open_regular, full, f"{show_path(path)}: {show_path(relative)}")
+                opener = partial(open_regular, full, f"{source}: {show_path(relative)}")
                 files[relative] = (full.stat().st_size, opener)
-    return ImageFiles(show_path(path), files)
+    return ImageFiles(source, files)
 
 
 def tar_files(path: Path, source: str | None = None, keep: object = None) -> ImageFiles:
