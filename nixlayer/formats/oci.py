@@ -72,13 +72,13 @@ def _descriptor(files: ImageFiles, ref: str | None) -> dict[str, Any]:
         json_object(m.get("annotations", {}), f"{files.source}: a manifest's annotations")
         for m in manifests
     ]
-    for key in (REF_NAME, CONTAINERD_NAME):  # skopeo's name first, then containerd's
-        for descriptor, names_of in zip(manifests, names, strict=True):
-            if ref is not None and names_of.get(key) == ref:
-                return descriptor
     known = ", ".join(sorted(str(a.get(REF_NAME)) for a in names))
     if ref is None:
         raise NixlayerError(f"{files.source}: choose an image with PATH:REF (it holds: {known})")
+    for key in (REF_NAME, CONTAINERD_NAME):  # skopeo's name first, then containerd's
+        for descriptor, names_of in zip(manifests, names, strict=True):
+            if names_of.get(key) == ref:
+                return descriptor
     raise NixlayerError(f"{files.source}: no image named {ref} (it holds: {known})")
 
 
