@@ -53,7 +53,7 @@ from nixlayer.formats.files import (
 )
 from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT, is_layout_file
 from nixlayer.image import config_problems, layer_histories
-from nixlayer.jsonfile import parse_json
+from nixlayer.jsonfile import json_strings, parse_json
 from nixlayer.layers import layer_store_paths, unexpected_whiteouts, written_by_nixlayer
 from nixlayer.runconfig import check_run_config
 from nixlayer.tarwriter import END_OF_ARCHIVE
@@ -300,7 +300,7 @@ class _Checker:
     def diff_ids(self, config: Any, where: str) -> list[str] | None:
         rootfs = config.get("rootfs") if isinstance(config, dict) else None
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-        if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        if not json_strings(diff_ids):
             self.problem(f"{where}: rootfs.diff_ids is not a list of digests")
             return None
         for diff_id in diff_ids:
@@ -351,7 +351,7 @@ def _check_docker_entry(check: _Checker, entry: Any, where: str) -> None:
         check.config_types(config, config_name)
     diff_ids = check.diff_ids(config, config_name) if config is not None else None
     layers = entry.get("Layers")
-    if not isinstance(layers, list) or not all(isinstance(name, str) for name in layers):
+    if not json_strings(layers):
         check.problem(f"{where}: Layers is not a list of file names")
         return
     if diff_ids is not None and len(layers) != len(diff_ids):
@@ -543,7 +543,7 @@ def _check_docker_beside_oci(check: _Checker) -> None:
         config = check.json(os.path.normpath(entry["Config"]), f"{where}: the config")
         diff_ids = check.diff_ids(config, where) if config is not None else None
         layers = entry.get("Layers")
-        if not isinstance(layers, list) or not all(isinstance(n, str) for n in layers):
+        if not json_strings(layers):
             check.problem(f"{where}: Layers is not a list of file names")
         elif diff_ids is not None and len(diff_ids) != len(layers):
             check.problem(f"{where}: {len(layers)} layers, but the config has {len(diff_ids)}")
