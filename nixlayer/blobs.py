@@ -3,7 +3,8 @@ sha256 of its uncompressed tar and a check of its members, without unpacking it.
 
 ``verify`` checks every blob of an image with these; a base image's layers are
 checked with them too before they are copied into a new image (``--from``), so
-that no member name that climbs out of the root reaches a consumer unnoticed.
+that no member name that climbs out of the root reaches a consumer unnoticed. Here
+too what a whiteout is (``is_whiteout``), for the writers that refuse one.
 """
 
 from __future__ import annotations
@@ -128,15 +129,19 @@ class LayerNames:
     whiteouts: list[str] = field(default_factory=list)
     store_members: dict[str, bool] = field(default_factory=dict)
     inside: dict[str, str] = field(default_factory=dict)
+    # The folders above a watched one: ``note`` runs for every member of every layer,
+    # and a set lookup keeps its cost flat.
+    _above: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._above = frozenset(
+            store[:at] for store in self.watched for at, char in enumerate(store) if char == "/"
+        )
 
     def note(self, name: str, directory: bool) -> None:
         if is_whiteout(name):
             self.whiteouts.append(name)
-        elif (
-            name in self.watched
-            or posixpath.dirname(name) in self.watched
-            or any(store.startswith(name + "/") for store in self.watched)
-        ):
+        elif name in self.watched or name in self._above or posixpath.dirname(name) in self.watched:
             self.store_members[name] = directory
         else:
             for store in self.watched:

@@ -218,15 +218,16 @@ def plan_from_image(image: SourceImage) -> Plan:
     a closure. Images do not record each path's NAR size; a layer's size is shared
     out evenly among its paths, which keeps every layer's total right.
     """
-    layers = []
-    for layer in image.layers:
-        paths = tuple(sorted(layer_store_paths(layer.history))) or (layer.diff_id,)
-        share, extra = divmod(layer.blob_size, len(paths))
-        layers.append(PlanLayer(paths, tuple(share + (i < extra) for i in range(len(paths)))))
-    if not any(layer_store_paths(layer.history) for layer in image.layers):
+    listed = [tuple(sorted(layer_store_paths(layer.history))) for layer in image.layers]
+    if not any(listed):
         raise NixlayerError(
             f"{image.source}: no layer lists its store paths (not built by nixlayer)"
         )
+    layers = []
+    for layer, store_paths in zip(image.layers, listed, strict=True):
+        paths = store_paths or (layer.diff_id,)
+        share, extra = divmod(layer.blob_size, len(paths))
+        layers.append(PlanLayer(paths, tuple(share + (i < extra) for i in range(len(paths)))))
     note = "sizes are the image's layer sizes shared out among their paths"
     return Plan(DEFAULT_STORE_DIR, "image", (), tuple(layers), (note,))
 

@@ -143,6 +143,7 @@ ClosureArg = Annotated[
         metavar="CLOSURE",
     ),
 ]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 InputFormat = Annotated[
     str | None,
     typer.Option(help=f"Force the input shape: {', '.join(INPUT_FORMATS)}.", show_default=False),
@@ -554,7 +555,7 @@ def diff_command(
             metavar="NEW",
         ),
     ],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    as_json: AsJson = False,
     fail_over: Annotated[
         str | None,
         _opt(
@@ -591,7 +592,7 @@ def inspect_command(
             metavar="IMAGE",
         ),
     ],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Show an image's config and, per layer, its digest, size and store paths."""
     description = describe_image(read_image(image, "IMAGE"))
@@ -611,7 +612,7 @@ def verify_command(
             metavar="IMAGE",
         ),
     ],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """Re-read an image and check every digest, size and diff_id; exit 1 on a problem."""
     from nixlayer.verify import format_report, verify_image  # only this command needs it

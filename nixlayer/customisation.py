@@ -4,7 +4,8 @@ It holds links into the store for ``--contents`` (as nixpkgs' symlinkJoin lays t
 out: real directories, a symlink per file), files copied from the host, and the
 directories and symlinks the user asks for. Its entries follow the same rules as
 store layers (owner 0 unless given, fixed mtime, sorted), with the modes of a root
-file system rather than of the read-only store.
+file system rather than of the read-only store. No name in it may be a whiteout, nor
+may anything but a folder stand where a parent of the store directory is.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import os
 import stat
 from typing import IO, Any
 
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, kind_of, reason
 
 # Image metadata is small: registries accept manifests up to 4 MiB, and configs, even
 # with a history entry listing every store path of a layer, stay well under that.
@@ -29,13 +29,6 @@ CLOSURE_SIZED_LIMIT = 256 << 20
 # within this depth can be read, written and printed from anywhere in nixlayer.
 MAX_DEPTH = 500
 
-_KINDS = (
-    (stat.S_ISDIR, "a folder"),
-    (stat.S_ISFIFO, "a named pipe"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a device"),
-    (stat.S_ISBLK, "a device"),
-)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -51,7 +44,7 @@ def open_regular(path: str | os.PathLike[str], where: str) -> IO[bytes]:
         _check_regular(os.stat(path).st_mode, where)
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as error:
-        raise NixlayerError(f"{where}: cannot read: {error.strerror or error}") from None
+        raise NixlayerError(f"{where}: cannot read: {reason(error)}") from None
     try:
         _check_regular(os.fstat(fd).st_mode, where)
         os.set_blocking(fd, True)
@@ -63,8 +56,7 @@ def open_regular(path: str | os.PathLike[str], where: str) -> IO[bytes]:
 
 def _check_regular(mode: int, where: str) -> None:
     if not stat.S_ISREG(mode):
-        kind = next((name for test, name in _KINDS if test(mode)), "not a file")
-        raise NixlayerError(f"{where}: {kind}, not a regular file")
+        raise NixlayerError(f"{where}: {kind_of(mode)}, not a regular file")
 
 
 def read_bounded(file: IO[bytes], where: str, limit: int) -> bytes:
@@ -73,7 +65,7 @@ def read_bounded(file: IO[bytes], where: str, limit: int) -> bytes:
     try:
         data = file.read(limit + 1)
     except OSError as error:
-        raise NixlayerError(f"{where}: cannot read: {error.strerror or error}") from None
+        raise NixlayerError(f"{where}: cannot read: {reason(error)}") from None
     if len(data) > limit:
         raise NixlayerError(f"{where}: too large (over {limit >> 20} MiB)")
     return data

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from json.decoder import scanstring
 from typing import IO, Any
 
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, reason
 
 Fields = dict[str, Any]
 _CHUNK = 1 << 20  # bytes read and decoded at once
@@ -79,7 +79,7 @@ class TextWindow:
         try:
             data = self._file.read(max(_CHUNK, len(self.text) - self.pos))
         except OSError as error:
-            raise NixlayerError(f"{self.source}: cannot read: {error.strerror or error}") from None
+            raise NixlayerError(f"{self.source}: cannot read: {reason(error)}") from None
         try:
             decoded = self._decoder.decode(data, final=not data)
         except UnicodeDecodeError as error:

@@ -1,4 +1,11 @@
-"""Writing outputs so that no half-written file ever sits at the destination."""
+"""Writing outputs so that no half-written file ever sits at the destination.
+
+A file is written beside the one ``-o`` names, or the one a symlink there leads to,
+and renamed over it once complete; a stream (``-``, ``/dev/stdout``, a device, a pipe,
+a socket) is written through, and a derivation's own output in place (see
+``Destination``). What a run adds goes again on every path out, and after ``kill -9``
+too (``removed_if_killed``).
+"""
 
 from __future__ import annotations
 
@@ -421,9 +428,7 @@ def _written_through(target: Destination, name: str, flag: str) -> Iterator[Bina
         else:
             fd = os.open(target.path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as error:
-        raise NixlayerError(
-            f"{flag} {show_path(name)}: cannot write there: {error.strerror}"
-        ) from None
+        raise _cannot_write(flag, name, error) from None
     with open(fd, "wb", buffering=_BUFFER) as out:
         _widen_pipe(out)
         yield out

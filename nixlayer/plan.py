@@ -10,7 +10,6 @@ import fnmatch
 import re
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import networkx as nx
@@ -264,6 +263,8 @@ def parse_size(value: str, flag: str) -> int:
     """A number of bytes as people write it and the tables print it: ``1000``,
     ``10M``, ``10MiB``, ``1.5 GiB``, ``10 KiB`` (binary units; a fraction of a byte is
     dropped)."""
+    from decimal import Decimal  # only --fail-over needs it: not on every start-up
+
     match = _SIZE.fullmatch(value.strip())
     if not match or match[2].lower() not in _SIZE_UNITS:
         raise NixlayerError(

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from nixlayer.blobs import is_whiteout
 from nixlayer.closure import DEFAULT_STORE_DIR, Closure, RawEntry, make_closure
-from nixlayer.errors import NixlayerError, show_path
+from nixlayer.errors import NixlayerError, reason, show_path
 from nixlayer.gcpause import no_cycle_collection
 from nixlayer.jsonstream import TextWindow, load, show_json
 from nixlayer.plan import Plan
@@ -114,7 +114,7 @@ def _open_input(path: Path, source: str) -> Iterator[IO[bytes]]:
     try:
         file = path.open("rb")
     except OSError as error:
-        raise NixlayerError(f"{source}: cannot read: {error.strerror or error}") from None
+        raise NixlayerError(f"{source}: cannot read: {reason(error)}") from None
     with file:
         yield file
 

@@ -53,7 +53,7 @@ def parse_command(value: str, flag: str) -> list[str]:
     if not value.lstrip().startswith("["):
         return [value]
     command = parse_json(value, f"{flag} {show_json(value)}")
-    if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+    if not json_strings(command):
         raise NixlayerError(f"{flag} {show_json(value)}: must be a JSON array of strings")
     return command
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from nixlayer.errors import NixlayerError, show_path
-from nixlayer.jsonfile import CLOSURE_SIZED_LIMIT, load_json
+from nixlayer.jsonfile import CLOSURE_SIZED_LIMIT, json_strings, load_json
 from nixlayer.runconfig import check_run_config
 
 DEFAULT_KEY = "nixlayer"
@@ -59,11 +59,11 @@ def _checked(key: str, value: Any, where: str) -> Any:
         return value
     if kind == "integer" and type(value) is int:
         return value
-    if kind == "strings" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+    if kind == "strings" and json_strings(value):
         return value
     if kind == "command" and isinstance(value, str):
         return value
-    if kind == "command" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+    if kind == "command" and json_strings(value):
         return json.dumps(value)
     raise NixlayerError(f"{where}: {key!r} must be {kind.replace('strings', 'a list of strings')}")
 

@@ -2,7 +2,8 @@
 
 A layer's tar bytes are laid out from this metadata before any file is read, so
 that the layer's size is known up front and each byte of the store is read once.
-Modes are the ones Nix canonicalises to, whatever the disk says.
+Modes are the ones Nix canonicalises to, whatever the disk says. A name that
+consumers would read as a whiteout (``.wh.*``) is refused as the tree is walked.
 """
 
 from __future__ import annotations

@@ -407,7 +407,7 @@ class _Buffers:
         """A member's header, ``size`` bytes of data and padding. A file is read even
         when it was empty at layout, so that one that gained bytes since is caught as
         any other file is. Most members fit in what is left of the buffer, with a byte
-        to spare (see ``add_file``): they take one quick path."""
+        to spare (see ``_read``): they take one quick path."""
         if entry.kind is not Kind.FILE:
             self.add(header)
             return

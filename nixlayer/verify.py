@@ -7,13 +7,16 @@ of them in one pass over each blob: every blob's sha256 and size against its
 descriptor, every layer's uncompressed sha256 against the config's diff_id, the
 manifests and index against the config, and every layer tar member by member (each
 path once, no absolute or ``..`` names, hard links only to earlier members of the same
-layer, ids, modes and times consumers accept, whiteouts they all read alike, an intact
-end-of-archive marker). The layers are then replayed as a consumer merges them: no
-store path a layer's history lists may be hidden or changed by a higher layer (a
-whiteout, a file or symlink at or above it, any member inside it), and a layer
-nixlayer wrote holds no whiteout, and exactly the store paths its history lists. It
-reads docker-archives (plain or compressed as a whole, with no member name that climbs
-out), OCI layout folders and oci-archives, and never unpacks anything.
+layer, ids, modes and times consumers accept, whiteouts they all read alike, no PAX
+global header that sets fields, an intact end-of-archive marker), and each config's
+typed fields (the platform, the history, the run config) against the types consumers
+decode. The layers are then replayed as a consumer merges them: no store path a
+layer's history lists may be hidden or changed by a higher layer (a whiteout, a file
+or symlink at or above it, any member inside it), and a layer nixlayer wrote holds no
+whiteout, and exactly the store paths its history lists. It reads docker-archives
+(plain or compressed as a whole, with no member name that climbs out), OCI layout
+folders and oci-archives (a blob nothing names is a note: the layout allows it), and
+never unpacks anything.
 
 Problems with the image are collected in a ``VerifyReport``; only a path that is not
 an image at all raises ``NixlayerError``.
@@ -52,7 +55,7 @@ from nixlayer.formats.files import (
 )
 from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT, LAYOUT_VERSION, is_layout_file
 from nixlayer.image import config_problems, layer_histories
-from nixlayer.jsonfile import parse_json
+from nixlayer.jsonfile import json_strings, parse_json
 from nixlayer.jsonstream import show_json
 from nixlayer.layers import layer_store_paths, unexpected_whiteouts, written_by_nixlayer
 from nixlayer.runconfig import check_run_config
@@ -306,7 +309,7 @@ class _Checker:
     def diff_ids(self, config: Any, where: str) -> list[str] | None:
         rootfs = config.get("rootfs") if isinstance(config, dict) else None
         diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-        if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        if not json_strings(diff_ids):
             self.problem(f"{where}: rootfs.diff_ids is not a list of digests")
             return None
         for diff_id in diff_ids:
@@ -357,7 +360,7 @@ def _check_docker_entry(check: _Checker, entry: Any, where: str) -> None:
         check.config_types(config, config_name)
     diff_ids = check.diff_ids(config, config_name) if config is not None else None
     layers = entry.get("Layers")
-    if not isinstance(layers, list) or not all(isinstance(name, str) for name in layers):
+    if not json_strings(layers):
         check.problem(f"{where}: Layers is not a list of file names")
         return
     if diff_ids is not None and len(layers) != len(diff_ids):
@@ -554,7 +557,7 @@ def _check_docker_beside_oci(check: _Checker) -> None:
         config = check.json(os.path.normpath(entry["Config"]), f"{where}: the config")
         diff_ids = check.diff_ids(config, where) if config is not None else None
         layers = entry.get("Layers")
-        if not isinstance(layers, list) or not all(isinstance(n, str) for n in layers):
+        if not json_strings(layers):
             check.problem(f"{where}: Layers is not a list of file names")
         elif diff_ids is not None and len(diff_ids) != len(layers):
             check.problem(f"{where}: {len(layers)} layers, but the config has {len(diff_ids)}")

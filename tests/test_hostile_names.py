@@ -387,11 +387,7 @@ def test_outer_member_names_that_climb_out(tmp_path: Path, name: str) -> None:
     image = _archive(tmp_path / "i.tar", [_store_layer()], layer_names=[name])
     assert f"holds the member {name}" in _problems(image)
     _input_error(run_nixlayer("inspect", image), str(image), name)
-    root, closure, _ = _store(tmp_path)
-    out = tmp_path / "out.tar"
-    result = run_nixlayer(
-        "from-closure", closure, "--store-root", root, "--from", image, "-o", out, "-q"
-    )
+    result, out = _build(tmp_path, "--from", image)
     _input_error(result, str(image), name)
     assert not out.exists()
 
@@ -457,11 +453,7 @@ def test_from_refuses_a_base_layer_verify_rejects(
 ) -> None:
     history = {"created_by": OURS, "comment": "customisation: add /etc"}
     base = _archive(tmp_path / "base.tar", [_store_layer(), (_layer(*layer), history)])
-    root, closure, _ = _store(tmp_path)
-    out = tmp_path / "out.tar"
-    result = run_nixlayer(
-        "from-closure", closure, "--store-root", root, "--from", base, "-o", out, "-q"
-    )
+    result, out = _build(tmp_path, "--from", base)
     _input_error(result, str(base), message)
     assert not out.exists()
 

@@ -1,4 +1,6 @@
-"""Image formats: each writes an ``ImageSpec`` and reads back a ``SourceImage``."""
+"""Image formats: each writes an ``ImageSpec`` and reads back a ``SourceImage``. Here,
+which format a path holds (``PATH:REF`` for one image of several), and which writer
+an ``-o`` gets."""
 
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ def path_and_ref(value: str) -> tuple[Path, str | None]:
 
 def read_image(value: str, flag: str) -> SourceImage:
     """A docker-archive (plain, or compressed as a whole), an OCI layout folder or an
-    oci-archive, told apart by content."""
+    oci-archive, told apart by content; ``PATH:REF`` picks one image of a layout or
+    oci-archive that holds several (see ``path_and_ref``)."""
     path, ref = path_and_ref(value)
     if path.is_dir():
         files = folder_files(path)
@@ -86,8 +89,10 @@ def write_image(
     """Write the image in ``image_format`` to ``output``; returns a line for people.
 
     docker-archive keeps its layers uncompressed (docker computes diff_ids on them),
-    so ``compression`` there applies to the whole stream. Unless ``clobber``, an
-    existing file, or for ``oci`` a folder that holds an image already, is refused.
+    so ``compression`` there applies to the whole stream. A stream as ``output`` (``-``,
+    ``/dev/stdout``, a pipe) takes the two archive formats, never ``oci``. Unless
+    ``clobber``, an existing file, or for ``oci`` a folder that holds an image
+    already, is refused.
     """
     if image_format not in FORMATS:
         raise NixlayerError(f"--format {image_format}: expected one of {', '.join(FORMATS)}")

@@ -98,6 +98,7 @@ def folder_files(path: Path) -> ImageFiles:
     through symlinks as consumers (skopeo, umoci) open them: a ``blobs`` folder that
     is a link to another disk is still the layout's. No deeper, so that no link loop
     is walked for ever."""
+    source = show_path(path)
     files: dict[str, tuple[int, Opener]] = {}
     for folder, subfolders, names in os.walk(path, followlinks=True):
         depth = len(Path(folder).relative_to(path).parts)
@@ -106,9 +107,9 @@ def folder_files(path: Path) -> ImageFiles:
             full = Path(folder, name)
             relative = full.relative_to(path).as_posix()
             with contextlib.suppress(FileNotFoundError):
-                opener = partial(open_regular, full, f"{show_path(path)}: {show_path(relative)}")
+                opener = partial(open_regular, full, f"{source}: {show_path(relative)}")
                 files[relative] = (full.stat().st_size, opener)
-    return ImageFiles(show_path(path), files)
+    return ImageFiles(source, files)
 
 
 def tar_files(path: Path, source: str | None = None, keep: object = None) -> ImageFiles:

@@ -38,7 +38,7 @@ from nixlayer.jsonfile import json_strings, load_json
 from nixlayer.jsonstream import show_json
 from nixlayer.layers import BlobLayer, Layer, LayerSized
 from nixlayer.output import PendingFile, pending_file, removed_if_killed, scratch_folder
-from nixlayer.store import walk_tree
+from nixlayer.store import FILE_FLAGS, walk_tree
 from nixlayer.tarwriter import WRITER_THREAD, lay_out, write_layer
 
 Progress = Callable[[int], None]
@@ -73,13 +73,13 @@ def _descriptor(files: ImageFiles, ref: str | None) -> dict[str, Any]:
         json_object(m.get("annotations", {}), f"{files.source}: a manifest's annotations")
         for m in manifests
     ]
-    for key in (REF_NAME, CONTAINERD_NAME):  # skopeo's name first, then containerd's
-        for descriptor, names_of in zip(manifests, names, strict=True):
-            if ref is not None and names_of.get(key) == ref:
-                return descriptor
     known = ", ".join(sorted(_shown_ref(a.get(REF_NAME)) for a in names))
     if ref is None:
         raise NixlayerError(f"{files.source}: choose an image with PATH:REF (it holds: {known})")
+    for key in (REF_NAME, CONTAINERD_NAME):  # skopeo's name first, then containerd's
+        for descriptor, names_of in zip(manifests, names, strict=True):
+            if names_of.get(key) == ref:
+                return descriptor
     raise NixlayerError(f"{files.source}: no image named {ref} (it holds: {known})")
 
 
@@ -184,7 +184,7 @@ class _Layout:
         loop: it follows a tar's zero blocks.)"""
         path = self.blob(digest)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(path, FILE_FLAGS)
         except OSError:
             return False
         found = os.fstat(fd)
