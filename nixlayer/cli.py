@@ -189,6 +189,11 @@ Groups = Annotated[
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")]
 
 
+def _argument(help_text: str, metavar: str) -> typer.models.ArgumentInfo:
+    """A text argument that names a file, an image or ``PATH:REF``."""
+    return typer.Argument(help=help_text, parser=_TEXT_PATH, metavar=metavar)
+
+
 def _opt(
     help_text: str, *names: str, parser: Callable[[str], Any] | None = None
 ) -> typer.models.OptionInfo:
@@ -541,18 +546,14 @@ def _plan_fleet(
 def diff_command(
     old: Annotated[
         str,
-        typer.Argument(
-            help="The last build: a plan JSON, closure or image (PATH:REF for one of several).",
-            parser=_TEXT_PATH,
-            metavar="OLD",
+        _argument(
+            "The last build: a plan JSON, closure or image (PATH:REF for one of several).", "OLD"
         ),
     ],
     new: Annotated[
         str,
-        typer.Argument(
-            help="The new build: a plan JSON, closure or image (PATH:REF for one of several).",
-            parser=_TEXT_PATH,
-            metavar="NEW",
+        _argument(
+            "The new build: a plan JSON, closure or image (PATH:REF for one of several).", "NEW"
         ),
     ],
     as_json: AsJson = False,
@@ -586,10 +587,9 @@ def diff_command(
 def inspect_command(
     image: Annotated[
         str,
-        typer.Argument(
-            help="A docker-archive, OCI layout or oci-archive; PATH:REF for one image of several.",
-            parser=_TEXT_PATH,
-            metavar="IMAGE",
+        _argument(
+            "A docker-archive, OCI layout or oci-archive; PATH:REF for one image of several.",
+            "IMAGE",
         ),
     ],
     as_json: AsJson = False,
@@ -605,16 +605,12 @@ def inspect_command(
 @app.command("verify")
 def verify_command(
     image: Annotated[
-        str,
-        typer.Argument(
-            help="A docker-archive, OCI layout or oci-archive: every image in it.",
-            parser=_TEXT_PATH,
-            metavar="IMAGE",
-        ),
+        str, _argument("A docker-archive, OCI layout or oci-archive: every image in it.", "IMAGE")
     ],
     as_json: AsJson = False,
 ) -> None:
-    """Re-read an image and check every digest, size and diff_id; exit 1 on a problem."""
+    """Re-read an image as consumers would: every digest, size and diff_id, every layer
+    member and config field, and the layers merged; exit 1 on a problem."""
     from nixlayer.verify import format_report, verify_image  # only this command needs it
 
     report = verify_image(image)
