@@ -14,19 +14,26 @@ from pathlib import Path
 
 @functools.cache
 def version() -> str:
-    """nixlayer's version, from pyproject.toml (its one source): as installed, else as
-    in the checkout this module sits in, else ``unknown``. Looked up on demand, as the
-    lookup costs every run that does not need it its time."""
+    """nixlayer's version, from pyproject.toml (its one source), wherever the code runs
+    from: an install's ``nixlayer-VERSION.dist-info`` folder beside the package (named
+    so by the wheel format), the checkout's pyproject.toml, the package metadata as
+    ``importlib.metadata`` finds it, else ``unknown``. The first two cost a directory
+    listing or a small read; ``importlib.metadata`` scans every installed distribution
+    (some 18 ms), and the version is written into every image's history."""
+    package = Path(__file__).resolve().parent
+    for info in sorted(package.parent.glob("nixlayer-*.dist-info")):
+        return info.name.removeprefix("nixlayer-").removesuffix(".dist-info")
+    try:
+        pyproject = (package.parent / "pyproject.toml").read_text()
+    except (OSError, ValueError):
+        pyproject = ""
+    found = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE)
+    if found:
+        return found[1]
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as installed
 
     try:
         return installed("nixlayer")
     except PackageNotFoundError:
-        pass
-    try:
-        pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text()
-    except (OSError, ValueError):
         return "unknown"
-    found = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE)
-    return found[1] if found else "unknown"

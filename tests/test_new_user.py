@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,25 @@ def test_version() -> None:
     pyproject = (REPO / "pyproject.toml").read_text()
     assert f'\nversion = "{version("nixlayer")}"\n' in pyproject
     assert result.stdout.decode() == f"nixlayer {version('nixlayer')}\n"
+
+
+@pytest.mark.parametrize("layout", ["install", "checkout", "neither"])
+def test_version_where_the_code_runs_from(tmp_path: Path, layout: str) -> None:
+    """An install's dist-info folder beside the package names the version, else a
+    checkout's pyproject.toml, else the package metadata (none here: unknown)."""
+    (tmp_path / "nixlayer").mkdir()
+    (tmp_path / "nixlayer" / "__init__.py").write_bytes(
+        (REPO / "nixlayer/__init__.py").read_bytes()
+    )
+    if layout == "install":
+        (tmp_path / "nixlayer-7.1.dist-info").mkdir()
+    if layout == "checkout":
+        (tmp_path / "pyproject.toml").write_text('[project]\nversion = "7.2"\n')
+    found = subprocess.run(
+        [sys.executable, "-S", "-c", "import nixlayer; print(nixlayer.version())"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert found == {"install": "7.1", "checkout": "7.2", "neither": "unknown"}[layout]
 
 
 def test_history_records_the_version(fixture_store: FixtureStore, tmp_path: Path) -> None:
