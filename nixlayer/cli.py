@@ -49,11 +49,19 @@ from nixlayer.formats import (
     write_image,
 )
 from nixlayer.image import WHOLE_NUMBER, ImageSpec, image_store_paths
-from nixlayer.inspect import describe_image, format_description
-from nixlayer.measure import format_cost, push_cost
+from nixlayer.inspect import describe_image
+from nixlayer.measure import push_cost
 from nixlayer.output import atomic_output
-from nixlayer.plan import human_size, make_plan, parse_size, plan_table
+from nixlayer.plan import make_plan
 from nixlayer.readers import INPUT_FORMATS
+from nixlayer.report import (
+    format_cost,
+    format_description,
+    format_report,
+    human_size,
+    parse_size,
+    plan_table,
+)
 from nixlayer.runconfig import RunFlags
 from nixlayer.settings import DEFAULT_KEY, load_attrs_settings
 from nixlayer.strategies import DEFAULT_STRATEGY, STRATEGIES
@@ -611,7 +619,7 @@ def verify_command(
 ) -> None:
     """Re-read an image as consumers would: every digest, size and diff_id, every layer
     member and config field, and the layers merged; exit 1 on a problem."""
-    from nixlayer.verify import format_report, verify_image  # only this command needs it
+    from nixlayer.verify import verify_image  # only this command needs it
 
     report = verify_image(image)
     print(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))

@@ -85,6 +85,42 @@ class SourceImage:
 
 
 @dataclass(frozen=True)
+class WrittenLayer:
+    """One layer as written, bottom first: ``digest`` and ``size`` are its blob's (the
+    compressed bytes where it is compressed), ``diff_id`` its tar's; ``store_paths``
+    what it holds of the store (none for the customisation layer or a base's);
+    ``reused`` whether its blob was in place (a layout's) or in the layer cache."""
+
+    digest: str
+    diff_id: str
+    size: int
+    media_type: str
+    store_paths: tuple[str, ...]
+    reused: bool = False
+
+
+@dataclass(frozen=True)
+class WrittenImage:
+    """What a format wrote, as data for scripts and the API; never a sentence.
+
+    ``manifest_digest`` is the OCI manifest's (what a registry names the image by);
+    a docker-archive has no manifest of its own, so it is None there. ``config_digest``
+    is the image ID that ``docker images`` shows."""
+
+    image_format: str
+    destination: str
+    name: str
+    tag: str
+    manifest_digest: str | None
+    config_digest: str
+    layers: tuple[WrittenLayer, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.tag}"
+
+
+@dataclass(frozen=True)
 class ImageSpec:
     """Everything an image format needs to write an image, bottom layer first.
 

@@ -14,8 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nixlayer.plan import human_size
-
 Layers = Sequence[frozenset[str]]
 
 
@@ -130,34 +128,3 @@ def push_cost(old: Layers, new: Layers, sizes: Mapping[str, int]) -> PushCost:
         layers=changes,
         moved=moved,
     )
-
-
-def _label(key: str) -> str:
-    """A store path's base name; a layer without store paths is keyed by its diff_id,
-    shortened as ``inspect`` shortens digests."""
-    return key.rsplit("/", 1)[-1] if "/" in key else key[:19]
-
-
-def format_cost(cost: PushCost, moved_shown: int = 20) -> str:
-    """A table for people: one row a layer of the new build, then the totals."""
-    rows = [f"{'layer':>5}  {'status':<8}  {'size':>10}  {'paths':>5}  what"]
-    for change in cost.layers:
-        first = _label(min(change.paths)) if change.paths else "-"
-        what = first if len(change.paths) == 1 else f"{first} and {len(change.paths) - 1} more"
-        if change.status == "changed":
-            what += f" (+{len(change.came)} -{len(change.went)} paths)"
-        rows.append(
-            f"{change.index + 1:>5}  {change.status:<8}  {human_size(change.size):>10}  "
-            f"{len(change.paths):>5}  {what}"
-        )
-    for path, old, new in cost.moved[:moved_shown]:
-        rows.append(f"moved: {_label(path)} from layer {old + 1} to layer {new + 1}")
-    if len(cost.moved) > moved_shown:
-        rows.append(f"moved: … and {len(cost.moved) - moved_shown} more paths")
-    ratio = f"{cost.ratio:.2f}x the floor" if cost.ratio is not None else "nothing new"
-    rows.append(
-        f"floor {human_size(cost.floor)}, pushed {human_size(cost.pushed)} ({ratio}), "
-        f"excess {human_size(cost.excess)}, reuse {cost.reuse_percent:.1f} %, "
-        f"chain {human_size(cost.chain)}"
-    )
-    return "\n".join(rows)

@@ -7,7 +7,6 @@ image's layering, and it is made without reading any store contents.
 from __future__ import annotations
 
 import fnmatch
-import re
 from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from nixlayer.errors import NixlayerError
 from nixlayer.gcpause import no_cycle_collection
 from nixlayer.graph import build_graph, find_roots, induced
 from nixlayer.jsonstream import show_json
+from nixlayer.report import human_size
 from nixlayer.strategies import STRATEGIES
 
 PLAN_VERSION = 1
@@ -238,49 +238,3 @@ def _check_partition(groups: list[list[str]], paths: Set[str], budget: int) -> N
     assert len(groups) <= budget, "a strategy exceeded the layer budget"
     assert len(assigned) == len(set(assigned)) == len(paths), "not a partition"
     assert set(assigned) == paths, "not a partition of the closure"
-
-
-def human_size(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    value = size / 1024
-    for unit in ("KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
-
-
-# What parse_size reads after the number: the binary units human_size prints, and
-# their one-letter forms; K is 1024, as in KiB, so that a size copied from a table
-# means what the table meant. KB and MB are refused: they mean 1000 to some people.
-_SIZE_UNITS = {"": 0, "b": 0, "k": 1, "kib": 1, "m": 2, "mib": 2, "g": 3, "gib": 3,
-               "t": 4, "tib": 4}  # fmt: skip
-_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+) ?([a-z]*)", re.ASCII | re.IGNORECASE)
-
-
-def parse_size(value: str, flag: str) -> int:
-    """A number of bytes as people write it and the tables print it: ``1000``,
-    ``10M``, ``10MiB``, ``1.5 GiB``, ``10 KiB`` (binary units; a fraction of a byte is
-    dropped)."""
-    from decimal import Decimal  # only --fail-over needs it: not on every start-up
-
-    match = _SIZE.fullmatch(value.strip())
-    if not match or match[2].lower() not in _SIZE_UNITS:
-        raise NixlayerError(
-            f"{flag} {value}: not a size (bytes, or a number and K, M, G, T or KiB, "
-            "MiB, GiB, TiB: units of 1024)"
-        )
-    return int(Decimal(match[1]) * 1024 ** _SIZE_UNITS[match[2].lower()])
-
-
-def plan_table(plan: Plan) -> str:
-    """A short table for people: one row a layer, with its size and what it holds."""
-    rows = [f"{'layer':>5}  {'size':>10}  {'paths':>5}  first path"]
-    for index, layer in enumerate(plan.layers, 1):
-        first = layer.paths[0].rsplit("/", 1)[1]
-        rows.append(f"{index:>5}  {human_size(layer.nar_size):>10}  {len(layer.paths):>5}  {first}")
-    total = sum(layer.nar_size for layer in plan.layers)
-    rows.append(f"{len(plan.layers)} layers, {human_size(total)} of store paths ({plan.strategy})")
-    rows.extend(f"note: {note}" for note in plan.notes)
-    return "\n".join(rows)

@@ -102,19 +102,6 @@ class VerifyReport:
         }
 
 
-def format_report(report: VerifyReport) -> str:
-    """A few lines for people: a summary line, then one line per problem and note."""
-    kind = report.image_format + (f" ({report.compression})" if report.compression else "")
-    verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
-    lines = [
-        f"{show_path(report.source)}: {kind}, {report.images} image(s), "
-        f"{report.layers} layer(s): {verdict}"
-    ]
-    lines += [f"  problem: {one_line(problem)}" for problem in report.problems]
-    lines += [f"  note: {one_line(note)}" for note in report.notes]
-    return "\n".join(lines)
-
-
 def verify_image(path: str) -> VerifyReport:
     """Check the image at ``path``: an OCI layout folder, an oci-archive or a
     docker-archive (plain, gzip or zstd). Raises ``NixlayerError`` only when ``path``

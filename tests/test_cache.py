@@ -13,7 +13,8 @@ from test_hostile_output import _args, _blob, _image_blobs
 
 from nixlayer.cache import LayerCache, default_cache_dir
 from nixlayer.formats.oci import _Layout
-from nixlayer.verify import format_report, verify_image
+from nixlayer.report import format_report
+from nixlayer.verify import verify_image
 
 
 def _layout_with_blob(folder: Path, data: bytes) -> tuple[_Layout, str, Path]:

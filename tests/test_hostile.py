@@ -35,9 +35,10 @@ from nixlayer.errors import NixlayerError
 from nixlayer.output import atomic_output
 from nixlayer.plan import make_plan
 from nixlayer.readers import read_closure
+from nixlayer.report import format_report
 from nixlayer.store import store_layer_entries
 from nixlayer.tarwriter import lay_out, write_layer
-from nixlayer.verify import format_report, verify_image
+from nixlayer.verify import verify_image
 
 SLOW = os.environ.get("NIXLAYER_SLOW_TESTS") == "1"
 slow = pytest.mark.skipif(not SLOW, reason="slow: set NIXLAYER_SLOW_TESTS=1")

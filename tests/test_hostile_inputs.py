@@ -35,8 +35,9 @@ from test_hostile import _input_error
 from nixlayer.cli import main
 from nixlayer.errors import NixlayerError
 from nixlayer.formats import read_image
-from nixlayer.inspect import describe_image, format_description
+from nixlayer.inspect import describe_image
 from nixlayer.jsonfile import MAX_DEPTH, parse_json
+from nixlayer.report import format_description
 from nixlayer.verify import verify_image
 
 STORE_PATH = f"/nix/store/{'1' * 32}-one"

@@ -29,7 +29,8 @@ import pytest
 from consumers import nixlayer_command, run_nixlayer, run_ok
 from test_hostile import P1, P2, P3, Store, _entry, _input_error, _small_store
 
-from nixlayer.verify import format_report, verify_image
+from nixlayer.report import format_report
+from nixlayer.verify import verify_image
 
 ARCHIVES = ["docker-archive", "oci-archive"]
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 from consumers import nixlayer_command, run_ok
 
-from nixlayer.verify import format_report, verify_image
+from nixlayer.report import format_report
+from nixlayer.verify import verify_image
 
 STORE = "/nix/store"
 FILE_SIZE = 128 << 20

@@ -19,7 +19,7 @@ from test_hostile import _input_error
 
 from nixlayer import cli
 from nixlayer.layers import written_by_nixlayer
-from nixlayer.plan import parse_size
+from nixlayer.report import parse_size
 
 COMMANDS = ("from-closure", "plan", "diff", "inspect", "verify")
 

@@ -23,7 +23,8 @@ import pytest
 from consumers import ImageBuilds, Tools, run_nixlayer
 
 from nixlayer.errors import NixlayerError
-from nixlayer.verify import VerifyReport, format_report, verify_image
+from nixlayer.report import format_report
+from nixlayer.verify import VerifyReport, verify_image
 
 # The consumer matrix builds its images under this name; asking for the same one
 # shares those builds (ImageBuilds makes each once per session).

@@ -1,0 +1,137 @@
+"""What nixlayer prints for people: sizes as they read and write them, and the
+tables of a plan, a push's cost, an image and a verify report. Apart from the stages
+that make them, so that printing a result never loads the graph library."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from nixlayer.errors import NixlayerError, one_line, show_path
+
+if TYPE_CHECKING:
+    from nixlayer.measure import PushCost
+    from nixlayer.plan import Plan
+    from nixlayer.verify import VerifyReport
+
+
+def human_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+# What parse_size reads after the number: the binary units human_size prints, and
+# their one-letter forms; K is 1024, as in KiB, so that a size copied from a table
+# means what the table meant. KB and MB are refused: they mean 1000 to some people.
+_SIZE_UNITS = {"": 0, "b": 0, "k": 1, "kib": 1, "m": 2, "mib": 2, "g": 3, "gib": 3,
+               "t": 4, "tib": 4}  # fmt: skip
+_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+) ?([a-z]*)", re.ASCII | re.IGNORECASE)
+
+
+def parse_size(value: str, flag: str) -> int:
+    """A number of bytes as people write it and the tables print it: ``1000``,
+    ``10M``, ``10MiB``, ``1.5 GiB``, ``10 KiB`` (binary units; a fraction of a byte is
+    dropped)."""
+    from decimal import Decimal  # only --fail-over needs it: not on every start-up
+
+    match = _SIZE.fullmatch(value.strip())
+    if not match or match[2].lower() not in _SIZE_UNITS:
+        raise NixlayerError(
+            f"{flag} {value}: not a size (bytes, or a number and K, M, G, T or KiB, "
+            "MiB, GiB, TiB: units of 1024)"
+        )
+    return int(Decimal(match[1]) * 1024 ** _SIZE_UNITS[match[2].lower()])
+
+
+def plan_table(plan: Plan) -> str:
+    """A short table for people: one row a layer, with its size and what it holds."""
+    rows = [f"{'layer':>5}  {'size':>10}  {'paths':>5}  first path"]
+    for index, layer in enumerate(plan.layers, 1):
+        first = layer.paths[0].rsplit("/", 1)[1]
+        rows.append(f"{index:>5}  {human_size(layer.nar_size):>10}  {len(layer.paths):>5}  {first}")
+    total = sum(layer.nar_size for layer in plan.layers)
+    rows.append(f"{len(plan.layers)} layers, {human_size(total)} of store paths ({plan.strategy})")
+    rows.extend(f"note: {note}" for note in plan.notes)
+    return "\n".join(rows)
+
+
+def _label(key: str) -> str:
+    """A store path's base name; a layer without store paths is keyed by its diff_id,
+    shortened as ``inspect`` shortens digests."""
+    return key.rsplit("/", 1)[-1] if "/" in key else key[:19]
+
+
+def format_cost(cost: PushCost, moved_shown: int = 20) -> str:
+    """A table for people: one row a layer of the new build, then the totals."""
+    rows = [f"{'layer':>5}  {'status':<8}  {'size':>10}  {'paths':>5}  what"]
+    for change in cost.layers:
+        first = _label(min(change.paths)) if change.paths else "-"
+        what = first if len(change.paths) == 1 else f"{first} and {len(change.paths) - 1} more"
+        if change.status == "changed":
+            what += f" (+{len(change.came)} -{len(change.went)} paths)"
+        rows.append(
+            f"{change.index + 1:>5}  {change.status:<8}  {human_size(change.size):>10}  "
+            f"{len(change.paths):>5}  {what}"
+        )
+    for path, old, new in cost.moved[:moved_shown]:
+        rows.append(f"moved: {_label(path)} from layer {old + 1} to layer {new + 1}")
+    if len(cost.moved) > moved_shown:
+        rows.append(f"moved: … and {len(cost.moved) - moved_shown} more paths")
+    ratio = f"{cost.ratio:.2f}x the floor" if cost.ratio is not None else "nothing new"
+    rows.append(
+        f"floor {human_size(cost.floor)}, pushed {human_size(cost.pushed)} ({ratio}), "
+        f"excess {human_size(cost.excess)}, reuse {cost.reuse_percent:.1f} %, "
+        f"chain {human_size(cost.chain)}"
+    )
+    return "\n".join(rows)
+
+
+def format_description(description: dict[str, Any]) -> str:
+    """A short text: the image, its run config, then one line a layer. What the image
+    says of itself (tags, comments) is shown on one line, with no control character
+    reaching the terminal."""
+    platform = "/".join(_shown(p) for p in (description["os"], description["architecture"],
+                                             description["variant"]) if p)  # fmt: skip
+    tags = ", ".join(description["repo_tags"]) or "(no tag)"
+    lines = [
+        f"{description['source']}: {tags}, {platform}, created {_shown(description['created'])}",
+        f"config: {json.dumps(description['config'], sort_keys=True)}",
+        f"{'layer':>5}  {'size':>10}  {'digest':<19}  contents",
+    ]
+    for index, layer in enumerate(description["layers"], 1):
+        paths = layer["store_paths"]
+        what = (
+            f"{len(paths)} store path{'s' if len(paths) > 1 else ''}: "
+            + " ".join(p.rsplit("/", 1)[-1] for p in paths[:3])
+            + (" …" if len(paths) > 3 else "")
+            if paths
+            else _shown(layer["comment"] or "-")
+        )
+        lines.append(f"{index:>5}  {human_size(layer['size']):>10}  {layer['digest'][:19]}  {what}")
+    return "\n".join(map(one_line, lines))
+
+
+def _shown(value: Any) -> str:
+    """A field as the config has it: a string as it is, another type (which ``verify``
+    reports) as JSON, never as Python would print it."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def format_report(report: VerifyReport) -> str:
+    """A few lines for people: a summary line, then one line per problem and note."""
+    kind = report.image_format + (f" ({report.compression})" if report.compression else "")
+    verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+    lines = [
+        f"{show_path(report.source)}: {kind}, {report.images} image(s), "
+        f"{report.layers} layer(s): {verdict}"
+    ]
+    lines += [f"  problem: {one_line(problem)}" for problem in report.problems]
+    lines += [f"  note: {one_line(note)}" for note in report.notes]
+    return "\n".join(lines)
