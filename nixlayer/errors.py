@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import os
 import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 # A path longer than this is shown as its head and tail: a store tree can nest
 # folders to PATH_MAX (4096 bytes), and a message must stay a line a person reads.
@@ -23,12 +25,39 @@ _KINDS = {
 
 
 class NixlayerError(Exception):
-    """A problem with the input (a file, a flag, a store tree) that the user can fix.
+    """A problem with the input (a file, a value, a store tree) that the user can fix.
 
-    Raised where the problem is found, with a message that names the file, path or
-    flag and what is wrong; the CLI turns it into one line on stderr and exit code 2.
-    Paths in the message go through ``show_path``.
+    Raised where the problem is found, with a message that starts with the value or
+    file and says what is wrong with it; paths in it go through ``show_path``. Where
+    the value came in as an option of the API, ``option`` names that option's field
+    (``max_layers``, ``base``), set by ``carried_by``: each front end names the option
+    its own way (the CLI ``--max-layers``, a Nix build's settings ``max-layers``), so
+    no flag is written into the library. The CLI prints one line and exits 2.
     """
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.option = option
+
+    def __str__(self) -> str:
+        return self.worded(str)
+
+    def worded(self, name_of: Callable[[str], str]) -> str:
+        """The message, after the option that carried the value as ``name_of`` names it."""
+        return self.message if self.option is None else f"{name_of(self.option)} {self.message}"
+
+
+@contextmanager
+def carried_by(option: str) -> Iterator[None]:
+    """Errors raised in this block about a value are about ``option``'s value, unless a
+    deeper block said which option carried it."""
+    try:
+        yield
+    except NixlayerError as error:
+        if error.option is None:
+            error.option = option
+        raise
 
 
 def one_line(text: str) -> str:
