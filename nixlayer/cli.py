@@ -627,6 +627,32 @@ def verify_command(
         sys.exit(1)
 
 
+# The API's option fields whose flag is not ``--`` and the field's name with dashes.
+_FLAGS = {
+    "base": "--from",
+    "image_format": "--format",
+    "output": "-o",
+    "compression": "--compress",
+    "roots": "--root",
+    "groups": "--group",
+    "volumes": "--volume",
+    "labels": "--label",
+    "adds": "--add",
+    "directories": "--mkdir",
+    "symlinks": "--symlink",
+    "config_file": "--config",
+    "old": "OLD",
+    "new": "NEW",
+    "image": "IMAGE",
+    "closure": "CLOSURE",
+}
+
+
+def _flag_of(option: str) -> str:
+    """The command line's name for an API option, for error messages."""
+    return _FLAGS.get(option) or "--" + option.replace("_", "-")
+
+
 def _fail(message: str, code: int) -> NoReturn:
     print(f"nixlayer: error: {one_line(message)}", file=sys.stderr)
     sys.exit(code)
@@ -674,7 +700,7 @@ def main() -> None:
     except UsageProblem as e:
         _fail(e.format_message().replace("\n", " "), 2)
     except NixlayerError as e:
-        _fail(str(e), 2)
+        _fail(e.worded(_flag_of), 2)
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
     except BrokenPipeError:
