@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from nixlayer.errors import NixlayerError
 from nixlayer.jsonstream import show_json
@@ -47,10 +48,6 @@ class StorePath:
         """The part after the hash (``name-version``)."""
         return self.basename[33:]
 
-    @property
-    def hash_part(self) -> str:
-        return self.basename[:32]
-
 
 @dataclass(frozen=True)
 class Closure:
@@ -78,6 +75,12 @@ class RawEntry:
     nar_size: int | None = None
     nar_hash: str | None = None
     valid: bool = True
+
+
+def is_plan_json(data: Any) -> bool:
+    """Whether JSON data is a nixlayer plan (of any version; see ``plan.Plan``), which
+    a user may give where a closure is expected, or the other way round."""
+    return isinstance(data, dict) and "layers" in data and "version" in data
 
 
 def check_store_path(path: str, store_dir: str, source: str) -> None:

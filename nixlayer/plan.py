@@ -11,15 +11,13 @@ from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
-import networkx as nx
-
-from nixlayer.closure import Closure
+from nixlayer.closure import Closure, is_plan_json
 from nixlayer.errors import NixlayerError
 from nixlayer.gcpause import no_cycle_collection
-from nixlayer.graph import build_graph, find_roots, induced
+from nixlayer.graph import PathGraph, find_roots, induced, path_graph
 from nixlayer.jsonstream import show_json
 from nixlayer.report import human_size
-from nixlayer.strategies import STRATEGIES
+from nixlayer.strategies import INDEXED_STRATEGIES, STRATEGIES
 
 PLAN_VERSION = 1
 
@@ -78,7 +76,7 @@ class Plan:
     @staticmethod
     def recognise(data: Any) -> bool:
         """Whether JSON data is meant as a plan (of any version), not as a closure."""
-        return isinstance(data, dict) and "layers" in data and "version" in data
+        return is_plan_json(data)
 
     @classmethod
     def from_json(cls, data: Any, source: str) -> Plan:
@@ -140,14 +138,14 @@ def make_plan(
         raise NixlayerError(f"--strategy {strategy}: unknown strategy (known: {known})")
     if max_layers < 1 and not closure.paths.keys() <= provided:
         raise NixlayerError(f"--max-layers {max_layers}: must be at least 1")
-    graph = build_graph(closure)
+    graph = path_graph(closure)
     roots = find_roots(graph, roots, closure.source)
     provided = provided.intersection(closure.paths)
     notes = [_provided_note(provided, closure)] if provided else []
     kept = _kept_layers(previous, closure, provided) if previous else []
     taken = {p for layer in kept for p in layer} | provided
     explicit = _explicit_groups(groups, closure, taken, notes)
-    remaining = set(graph) - taken - {p for group in explicit for p in group}
+    remaining = set(graph.ix.nodes) - taken - {p for group in explicit for p in group}
     kept = _make_room(kept, remaining, max_layers - len(explicit), closure, notes)
     budget = max_layers - len(kept) - len(explicit)
     if remaining and budget < 1:
@@ -167,14 +165,12 @@ def _provided_note(provided: frozenset[str], closure: Closure) -> str:
 
 
 def _lay_out(
-    subgraph: nx.DiGraph, roots: Sequence[str], strategy: str, budget: int
+    subgraph: PathGraph, roots: Sequence[str], strategy: str, budget: int
 ) -> list[list[str]]:
     """The strategy on the paths left to lay out; their roots are the given roots
     among them, and any path whose users all sit in kept layers."""
-    sub_roots = sorted(
-        {r for r in roots if r in subgraph} | {n for n, d in subgraph.in_degree() if d == 0}
-    )
-    return STRATEGIES[strategy](subgraph, sub_roots, budget)
+    sub_roots = sorted({r for r in roots if r in subgraph} | set(subgraph.sources()))
+    return INDEXED_STRATEGIES[strategy](subgraph, sub_roots, budget)
 
 
 def _kept_layers(previous: Plan, closure: Closure, provided: frozenset[str]) -> list[list[str]]:

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from nixlayer.blobs import is_whiteout
-from nixlayer.closure import DEFAULT_STORE_DIR, Closure, RawEntry, make_closure
+from nixlayer.closure import DEFAULT_STORE_DIR, Closure, RawEntry, is_plan_json, make_closure
 from nixlayer.errors import NixlayerError, reason, show_path
 from nixlayer.gcpause import no_cycle_collection
 from nixlayer.jsonstream import TextWindow, load, show_json
-from nixlayer.plan import Plan
 
 INPUT_FORMATS = (
     "path-info-list",  # nix path-info --json, Nix <= 2.18 and Lix: [{"path": ...}, ...]
@@ -238,7 +237,7 @@ def _graph_keys(attrs: _JsonObject) -> list[str]:
 
 def _only_graph_key(attrs: _JsonObject, source: str) -> str:
     keys = _graph_keys(attrs)
-    if not keys and Plan.recognise(attrs):
+    if not keys and is_plan_json(attrs):
         raise NixlayerError(f"{source}: a nixlayer plan, not a closure")
     if not keys:
         raise NixlayerError(

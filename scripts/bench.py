@@ -8,6 +8,8 @@ the small-file case), on inputs this script builds and removes again.
                                                   # rebuild planning memory
     python scripts/bench.py --src /tmp/old        # another nixlayer tree (its nixlayer/)
     python scripts/bench.py --cold                # also with the page cache dropped
+    python scripts/bench.py --only fixed --auto-layer /work/bench-tools/auto-layer.py
+                                  # nixlayer plan against nixpkgs' auto-layer.py, start-up
 
 Inputs (a fake store of a few GB, synthetic closures) go to a temporary folder under
 --tmp (default: the system's), removed at the end. Each timed run is preceded by a
@@ -45,7 +47,7 @@ NIX32 = "0123456789abcdfghijklmnpqrsvwxyz"
 STORE = "/nix/store"
 MB = 1_000_000
 GB = 1_000_000_000
-BENCHMARKS = ("large", "small", "oci", "rebuild", "planning", "memory")
+BENCHMARKS = ("large", "small", "oci", "rebuild", "planning", "memory", "fixed")
 BLOCK = 1 << 20
 GNU_TIME = "/usr/bin/time"  # measures a command's peak RSS (Debian: apt-get install time)
 
@@ -432,6 +434,9 @@ class Options:
     plan_memory: int
     levels: list[tuple[str, int]]
     memory_file: int
+    auto_layer: Path | None
+    fixed_sizes: list[int]
+    fixed_repeat: int
 
 
 def best(runs: Sequence[Run]) -> Run:
@@ -702,8 +707,8 @@ def _planning_child(
 
 def bench_planning(options: Options) -> list[Row]:
     """Per size and strategy, two children: ``make_plan`` as the CLI runs it (closure
-    to plan, graph.build_graph included), and the strategy alone on a graph built
-    without build_graph's cycle check, to tell the two costs apart."""
+    to plan, graph.path_graph included), and the strategy alone on the graph, to tell
+    the two costs apart."""
     sys.path.insert(0, str(HERE))
     from synthetic import generate, path_info
 
@@ -731,7 +736,7 @@ def bench_planning(options: Options) -> list[Row]:
                     else f"failed: exit {alone.returncode} at {alone.maxrss_kb / 1e6:.2f} GB "
                     "(memory limit?)"
                 )
-                whole = "make_plan not run: build_graph alone over the time limit"
+                whole = "make_plan not run: path_graph alone over the time limit"
                 plan_seconds = None
                 plan_rss = 0
                 if not graph_too_slow:
@@ -741,17 +746,17 @@ def bench_planning(options: Options) -> list[Row]:
                     if plan_seconds is not None:
                         whole = (
                             f"make_plan {plan_seconds:.2f} s, {plan_rss / 1e6:.2f} GB; "
-                            f"build_graph {plan['build_graph']:.2f} s"
+                            f"path_graph {plan['path_graph']:.2f} s"
                         )
                     elif not result.timed_out:
                         whole = f"make_plan failed: exit {result.returncode} (memory limit?)"
-                    elif "build_graph" in plan:
+                    elif "path_graph" in plan:
                         whole = (
-                            f"make_plan > {timeout:.0f} s; build_graph {plan['build_graph']:.2f} s"
+                            f"make_plan > {timeout:.0f} s; path_graph {plan['path_graph']:.2f} s"
                         )
                     else:
                         graph_too_slow = True
-                        whole = f"make_plan > {timeout:.0f} s, in build_graph"
+                        whole = f"make_plan > {timeout:.0f} s, in path_graph"
                 rows.append(
                     Row(
                         "5",
@@ -819,6 +824,105 @@ def bench_memory(options: Options) -> list[Row]:
     ]
 
 
+def bench_fixed(options: Options) -> list[Row]:
+    """Whole processes side by side on the same graph, interleaved: nixpkgs'
+    ``auto-layer.py`` (from a copy made for the run: it is never part of this tree)
+    and ``nixlayer plan``, both reading a writeReferencesGraph file; then the start of
+    ``nixlayer --help`` and of a plan of the 8-path fixture. Each input is read right
+    before each timed run; each figure is the best of ``--fixed-repeat`` runs."""
+    if options.auto_layer is None or not options.auto_layer.is_file():
+        raise SystemExit(
+            "bench: --only fixed needs --auto-layer PATH, a copy of nixpkgs' "
+            "pkgs/build-support/docker/auto-layer.py"
+        )
+    rows = []
+    with tempfile.TemporaryDirectory(dir=options.tmp, prefix="fixed-") as folder:
+        auto_layer = Path(folder, "auto-layer.py")
+        shutil.copyfile(options.auto_layer, auto_layer)
+        ignore = Path(folder, "ignore")
+        ignore.write_text("")
+        for paths in options.fixed_sizes:
+            graph = Path(folder, f"graph-{paths}.json")
+            note(f"fixed: generating {paths} paths")
+            # In a child, so that this process stays small: a child's ru_maxrss starts
+            # from the size of the process it was forked from.
+            run(child("graph", paths, graph), env=options.env)
+            references = json.loads(run(child("count", graph), subprocess.PIPE).stdout)
+            commands = {
+                "auto-layer.py": [sys.executable, auto_layer, graph, ignore, 100],
+                "nixlayer plan": nixlayer_cli("plan", "-q", "--max-layers", 100, graph),
+            }
+            best_runs = _side_by_side(commands, options, [graph])
+            theirs, ours = best_runs["auto-layer.py"], best_runs["nixlayer plan"]
+            what = (
+                f"plan {paths:,} paths ({graph.stat().st_size / MB:.0f} MB, "
+                f"{references:,} references), whole process"
+            )
+            time_ratio = ours.seconds / theirs.seconds
+            rss_ratio = ours.maxrss_kb / theirs.maxrss_kb
+            rows.append(
+                Row(
+                    "7",
+                    f"{what}, time",
+                    f"{ours.seconds:.2f} s",
+                    f"auto-layer.py {theirs.seconds:.2f} s",
+                    f"{time_ratio:.2f}x",
+                    "≤1x",
+                    verdict(time_ratio <= 1),
+                )
+            )
+            rows.append(
+                Row(
+                    "7",
+                    f"{what}, peak RSS",
+                    f"{ours.maxrss_kb / 1000:.0f} MB",
+                    f"auto-layer.py {theirs.maxrss_kb / 1000:.0f} MB",
+                    f"{rss_ratio:.2f}x",
+                    "≤1.5x",
+                    verdict(rss_ratio <= 1.5),
+                )
+            )
+    fixture = HERE.parent / "fixtures" / "store-closure.json"
+    starts = {
+        "nixlayer --help": nixlayer_cli("--help"),
+        "nixlayer plan, 8-path fixture": nixlayer_cli("plan", "-q", fixture),
+        "python -c pass": [sys.executable, "-c", "pass"],
+    }
+    started = _side_by_side(starts, options, [fixture], repeat=5 * options.fixed_repeat)
+    bare = started.pop("python -c pass").seconds
+    for name, result in started.items():
+        rows.append(
+            Row(
+                "7",
+                f"start: {name}",
+                f"{result.seconds:.3f} s",
+                f"python -c pass {bare:.3f} s",
+                "",
+                "<0.15 s",
+                verdict(result.seconds < 0.15),
+            )
+        )
+    return rows
+
+
+def _side_by_side(
+    commands: dict[str, list[Any]], options: Options, inputs: list[Path], repeat: int = 0
+) -> dict[str, Run]:
+    """Each command run in turn, ``repeat`` (default ``--fixed-repeat``) rounds, its
+    inputs read right before each run; per command, its fastest run with the lowest
+    peak RSS any of its runs had (both vary with the machine's load, not the input)."""
+    runs: dict[str, list[Run]] = {name: [] for name in commands}
+    for _ in range(repeat or options.fixed_repeat):
+        for name, command in commands.items():
+            warm(inputs)
+            runs[name].append(run([str(part) for part in command], env=options.env))
+            note(f"  {name}: {runs[name][-1].seconds:.3f} s, {runs[name][-1].maxrss_kb} KB")
+    return {
+        name: Run(best(results).seconds, min(r.maxrss_kb for r in results))
+        for name, results in runs.items()
+    }
+
+
 # ------------------------------------------------------- what the children measure
 
 
@@ -882,8 +986,8 @@ def _say(**figures: float) -> None:
 
 
 def child_plan(closure: str, strategy: str) -> None:
-    """``make_plan`` end to end; ``build_graph`` timed first, on its own."""
-    from nixlayer.graph import build_graph
+    """``make_plan`` end to end; ``path_graph`` timed first, on its own."""
+    from nixlayer.graph import path_graph
     from nixlayer.plan import make_plan
     from nixlayer.readers import read_closure
 
@@ -891,8 +995,8 @@ def child_plan(closure: str, strategy: str) -> None:
     loaded = read_closure(Path(closure))
     _say(read=time.perf_counter() - started)
     started = time.perf_counter()
-    build_graph(loaded)
-    _say(build_graph=time.perf_counter() - started)
+    path_graph(loaded)
+    _say(path_graph=time.perf_counter() - started)
     started = time.perf_counter()
     plan = make_plan(loaded, strategy, 100)
     _say(plan=time.perf_counter() - started, layers=len(plan.layers))
@@ -900,26 +1004,17 @@ def child_plan(closure: str, strategy: str) -> None:
 
 def child_strategy(closure: str, strategy: str) -> None:
     """The strategy alone, given what ``make_plan`` gives it (the whole graph, the cycle
-    collector paused), the graph built as ``build_graph`` builds it but without its
-    cycle check."""
-    import networkx as nx
-
+    collector paused)."""
     from nixlayer.gcpause import no_cycle_collection
-    from nixlayer.graph import find_roots
+    from nixlayer.graph import find_roots, path_graph
     from nixlayer.readers import read_closure
-    from nixlayer.strategies import STRATEGIES
+    from nixlayer.strategies import INDEXED_STRATEGIES
 
-    loaded = read_closure(Path(closure))
-    graph = nx.DiGraph()
-    for store_path in loaded.paths.values():
-        graph.add_node(store_path.path, nar_size=store_path.nar_size)
-    graph.add_edges_from(
-        (sp.path, ref) for sp in loaded.paths.values() for ref in sp.references if ref != sp.path
-    )
+    graph = path_graph(read_closure(Path(closure)))
     roots = find_roots(graph)
     with no_cycle_collection():
         started = time.perf_counter()
-        STRATEGIES[strategy](graph, roots, 100)
+        INDEXED_STRATEGIES[strategy](graph, roots, 100)
         seconds = time.perf_counter() - started
     _say(strategy=seconds)
 
@@ -932,12 +1027,30 @@ def child_read(closure: str) -> None:
     print(json.dumps({"read": time.perf_counter() - started, "paths": len(loaded.paths)}))
 
 
+def child_graph(paths: str, out: str) -> None:
+    """A closure of ``paths`` store paths as writeReferencesGraph writes it, each
+    library borrowing 2.4 libraries of other chains on average: 50,000 paths make
+    28 MB with 300,000 references, what issue #15 measured on."""
+    sys.path.insert(0, str(HERE))
+    from synthetic import generate, references_graph
+
+    entries = references_graph(generate(int(paths), borrowed=(1, 2, 2, 3, 4)))
+    Path(out).write_text(json.dumps(entries))
+
+
+def child_count(graph: str) -> None:
+    """How many references a writeReferencesGraph file names."""
+    print(sum(len(entry["references"]) for entry in json.loads(Path(graph).read_text())))
+
+
 CHILDREN = {
     "emit": child_emit,
     "oci": child_oci,
     "plan": child_plan,
     "read": child_read,
     "strategy": child_strategy,
+    "graph": child_graph,
+    "count": child_count,
 }
 
 
@@ -982,6 +1095,11 @@ def main() -> None:
     )
     parser.add_argument("--levels", default="gzip-1,gzip-6,gzip-9,zstd-1,zstd-3,zstd-9")
     parser.add_argument("--memory-gb", type=float, default=4.0)
+    parser.add_argument(
+        "--auto-layer", type=Path, help="nixpkgs' auto-layer.py for --only fixed (run from a copy)"
+    )
+    parser.add_argument("--fixed-sizes", default="5000,50000", help="paths, comma-separated")
+    parser.add_argument("--fixed-repeat", type=int, default=5)
     args = parser.parse_args()
     # Every child imports nixlayer from this tree, whatever is installed meanwhile.
     src = (args.src or HERE.parent).resolve()
@@ -1009,6 +1127,9 @@ def main() -> None:
         plan_memory=int(args.plan_memory_gb * GB),
         levels=parse_levels(args.levels),
         memory_file=int(args.memory_gb * GB),
+        auto_layer=args.auto_layer,
+        fixed_sizes=[int(s) for s in args.fixed_sizes.split(",")],
+        fixed_repeat=args.fixed_repeat,
     )
     header = machine()
     benches: dict[str, Callable[[Options], list[Row]]] = {
@@ -1018,6 +1139,7 @@ def main() -> None:
         "rebuild": bench_rebuild,
         "planning": bench_planning,
         "memory": bench_memory,
+        "fixed": bench_fixed,
     }
     rows: list[Row] = []
     for name in args.only.split(","):

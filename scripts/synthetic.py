@@ -56,8 +56,10 @@ def _size(rng: random.Random) -> int:
     return max(1024, min(int(rng.lognormvariate(10.5, 2.0)), 80_000_000))
 
 
-def generate(paths: int, seed: int = 1) -> Model:
-    """``paths`` store paths: hubs, chains of libraries, and one application."""
+def generate(paths: int, seed: int = 1, borrowed: tuple[int, ...] = (0, 0, 1, 1, 2)) -> Model:
+    """``paths`` store paths: hubs, chains of libraries, and one application. Each
+    library also uses as many libraries of earlier chains as a draw from ``borrowed``
+    says (the default: 0.8 on average)."""
     rng = random.Random(seed)
     model = Model({name: Package(name, size, refs) for name, (size, refs) in HUBS.items()})
     libraries = paths - len(HUBS) - 1
@@ -70,7 +72,7 @@ def generate(paths: int, seed: int = 1) -> Model:
         refs = {h for h, p in HUB_USE.items() if rng.random() < p}
         if chain:
             refs.add(chain[-1])  # the chain: each library needs the one below it
-        for _ in range(rng.choice((0, 0, 1, 1, 2))):  # and a few from earlier chains
+        for _ in range(rng.choice(borrowed)):  # and a few from earlier chains
             if len(chains) > 1:
                 other = chains[rng.randrange(len(chains) - 1)]
                 refs.add(other[min(len(other) - 1, int(rng.random() ** 2 * len(other)))])
@@ -185,6 +187,24 @@ def path_info(model: Model) -> list[dict[str, object]]:
             "path": paths[name],
             "narSize": package.size,
             "references": sorted(paths[ref] for ref in package.references),
+        }
+        for name, package in sorted(model.packages.items())
+    ]
+
+
+def references_graph(model: Model, seed: int = 1) -> list[dict[str, object]]:
+    """The closure as ``writeReferencesGraph`` (exportReferencesGraph with structured
+    attributes) writes it, which nixpkgs' ``auto-layer.py`` reads: path, narHash,
+    narSize and references, every path among its own references, as most real store
+    paths are (they name themselves)."""
+    paths = store_paths(model)
+    rng = random.Random(seed)
+    return [
+        {
+            "narHash": "sha256:" + "".join(rng.choices(NIX32, k=52)),
+            "narSize": package.size,
+            "path": paths[name],
+            "references": sorted([paths[name], *(paths[ref] for ref in package.references)]),
         }
         for name, package in sorted(model.packages.items())
     ]

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import networkx as nx
+from nixlayer.graph import Indexed, PathGraph
+from nixlayer.strategies.reach import closure_sums, name_order_key, of_networkx
 
-from nixlayer.strategies.reach import Indexed, closure_sums, indexed, name_order_key
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 def auto(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> list[list[str]]:
+    """``auto_indexed`` on a networkx graph of store paths with ``nar_size``."""
+    return auto_indexed(of_networkx(graph), roots, budget)
+
+
+def auto_indexed(graph: PathGraph, roots: Sequence[str], budget: int) -> list[list[str]]:
     """Paths become primaries from the largest NAR size down. Every other path belongs
     to the set of primaries that reach it through no other primary: a dependency stays
     with the nearest primaries above it, and one shared by several unrelated
@@ -24,8 +32,7 @@ def auto(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> list[list[str]
     date as a primary changes the sets of its dependencies, so that a primary costs
     a walk of its dependencies only.
     """
-    ix = indexed(graph)
-    size = [data for _, data in graph.nodes(data="nar_size")]  # in ix.nodes order
+    ix, size = graph.ix, graph.sizes
     candidates = sorted(
         range(len(ix.nodes)), key=lambda i: (size[i], name_order_key(ix.nodes[i])), reverse=True
     )

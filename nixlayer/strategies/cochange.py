@@ -54,10 +54,13 @@ import heapq
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import networkx as nx
+from nixlayer.graph import Indexed, PathGraph
+from nixlayer.strategies.reach import indexed_reach_sums, name_order_key, of_networkx
 
-from nixlayer.strategies.reach import Indexed, indexed, indexed_reach_sums, name_order_key
+if TYPE_CHECKING:
+    import networkx as nx
 
 _STEPS_PER_DOUBLING = 8
 _SHORTEST_RUN, _LONGEST_RUN = 0.25, 1.5  # in expected cuts: what a run carries at least, at most
@@ -91,6 +94,11 @@ class _Graph:
 
 
 def cochange(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> list[list[str]]:
+    """``cochange_indexed`` on a networkx graph as ``graph.build_graph`` makes it."""
+    return cochange_indexed(of_networkx(graph), roots, budget)
+
+
+def cochange_indexed(graph: PathGraph, roots: Sequence[str], budget: int) -> list[list[str]]:
     """See the module's docstring. Cost: the change counts (see ``reach_sums``), then
     O(V) per value of T tried: about five, searching out from an estimate."""
     g = _prepare(graph, roots, budget)
@@ -160,8 +168,8 @@ def _limit(step: int) -> float:
     return 2.0 ** (step / _STEPS_PER_DOUBLING)
 
 
-def _prepare(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> _Graph:
-    ix = indexed(graph)
+def _prepare(graph: PathGraph, roots: Sequence[str], budget: int) -> _Graph:
+    ix, size, references = graph.ix, graph.sizes, graph.references
     root_set = set(roots)
     is_root = [node in root_set for node in ix.nodes]
     changes = indexed_reach_sums(ix, [1] * len(ix.nodes), upstream=False)
@@ -170,11 +178,6 @@ def _prepare(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> _Graph:
     rank = [0] * len(keys)  # place in by_change
     for place, node in enumerate(by_change):
         rank[node] = place
-    size = [data for _, data in graph.nodes(data="nar_size")]  # in ix.nodes order
-    references = [  # in the whole closure, where the graph is a part of it
-        len(ix.succ[n]) if count is None else count
-        for n, (_, count) in enumerate(graph.nodes(data="references"))
-    ]
     beside_order = [n for n in by_change if not is_root[n]]
     fixed = set(heapq.nsmallest(budget // 2, beside_order, key=lambda n: (-size[n], keys[n])))
     hubs = frozenset(_hubs(ix, beside_order, keys, budget))

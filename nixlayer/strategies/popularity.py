@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import networkx as nx
+from nixlayer.graph import Indexed, PathGraph
+from nixlayer.strategies.reach import indexed, indexed_reach_sums, name_order_key, of_networkx
 
-from nixlayer.strategies.reach import Indexed, indexed, indexed_reach_sums, name_order_key
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 def path_counts(graph: nx.DiGraph, roots: Sequence[str]) -> dict[str, int]:
@@ -39,6 +42,11 @@ def popularity_scores(graph: nx.DiGraph, roots: Sequence[str]) -> dict[str, int]
 
 
 def popularity(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> list[list[str]]:
+    """``popularity_indexed`` on a networkx graph of store paths."""
+    return popularity_indexed(of_networkx(graph), roots, budget)
+
+
+def popularity_indexed(graph: PathGraph, roots: Sequence[str], budget: int) -> list[list[str]]:
     """buildLayeredImage's layering: the ``budget - 1`` most popular paths get a layer
     each, most popular at the bottom, and all the others share the top layer.
 
@@ -46,7 +54,7 @@ def popularity(graph: nx.DiGraph, roots: Sequence[str], budget: int) -> list[lis
     ``_contenders``): on a 200,000-path graph a few hundred, which spares summing the
     sets of all the others. Cost: that of ``popularity_scores`` at most, plus a sort.
     """
-    ix = indexed(graph)
+    ix = graph.ix
     counts = _path_counts(ix, roots)
     contenders = _contenders(ix, counts, budget - 1)
     scores = indexed_reach_sums(ix, counts, upstream=True, wanted=contenders)

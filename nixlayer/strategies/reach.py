@@ -4,69 +4,43 @@ of the whole graph at once."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING
 
-import networkx as nx
+from nixlayer.graph import Indexed, PathGraph, postorder, users_of
 
-Node = TypeVar("Node", bound=Hashable)
-
-
-@dataclass(frozen=True)
-class Indexed(Generic[Node]):
-    """A graph as lists of integers, which the passes below walk many times faster than
-    networkx's views: ``nodes[i]`` is node i, ``succ[i]`` and ``pred[i]`` its
-    neighbours' numbers, and ``order`` every node before what it reaches (users
-    first): the reverse of a depth-first postorder along ``succ``."""
-
-    nodes: list[Node]
-    succ: list[list[int]]
-    pred: list[list[int]]
-    order: list[int]
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 def indexed(graph: nx.DiGraph) -> Indexed:
-    """The graph as an ``Indexed``; raises ``nx.NetworkXUnfeasible`` on a cycle."""
+    """A networkx graph as an ``Indexed``, nodes and edges in its order; raises
+    ``nx.NetworkXUnfeasible`` on a cycle."""
     adjacency = list(graph.adjacency())
     nodes = [node for node, _ in adjacency]
     number = {node: i for i, node in enumerate(nodes)}
     succ = [[number[s] for s in successors] for _, successors in adjacency]
-    pred: list[list[int]] = [[] for _ in nodes]
-    for i, successors in enumerate(succ):
-        for s in successors:
-            pred[s].append(i)
-    return Indexed(nodes, succ, pred, _postorder(succ, pred)[::-1])
+    pred = users_of(succ)
+    order = postorder(succ, pred)
+    if order is None:
+        import networkx as nx
 
-
-def _postorder(after: list[list[int]], before: list[list[int]]) -> list[int]:
-    """Every node after all it reaches along ``after`` edges, in depth-first postorder
-    from the nodes with no ``before`` neighbour: what a node reaches then ends just
-    below it, in a few runs of consecutive positions."""
-    done = [False] * len(after)
-    entered = [False] * len(after)
-    order: list[int] = []
-    for start in range(len(after)):
-        if before[start]:
-            continue
-        entered[start] = True
-        stack = [(start, iter(after[start]))]
-        while stack:
-            node, pending = stack[-1]
-            for following in pending:
-                if not entered[following]:
-                    entered[following] = True
-                    stack.append((following, iter(after[following])))
-                    break
-                if not done[following]:
-                    raise nx.NetworkXUnfeasible("the graph has a cycle")
-            else:
-                stack.pop()
-                done[node] = True
-                order.append(node)
-    if len(order) != len(after):
         raise nx.NetworkXUnfeasible("the graph has a cycle")
-    return order
+    return Indexed(nodes, succ, pred, order[::-1])
+
+
+def of_networkx(graph: nx.DiGraph) -> PathGraph:
+    """A graph of store paths as ``graph.build_graph`` makes it (or any ``DiGraph`` whose
+    nodes may carry ``nar_size`` and ``references``) as the strategies work on it; a
+    node without ``references`` counts the edges it has."""
+    ix = indexed(graph)
+    sizes = [size for _, size in graph.nodes(data="nar_size")]
+    references = [
+        len(ix.succ[n]) if count is None else count
+        for n, (_, count) in enumerate(graph.nodes(data="references"))
+    ]
+    return PathGraph(ix, sizes, references, {node: n for n, node in enumerate(ix.nodes)})
 
 
 def reach_sums(graph: nx.DiGraph, weights: Mapping[str, int], upstream: bool) -> dict[str, int]:
@@ -178,7 +152,9 @@ class _Walk:
     @classmethod
     def of(cls, ix: Indexed, upstream: bool) -> _Walk:
         if upstream:
-            return cls(_postorder(ix.pred, ix.succ), ix.pred, ix.succ)
+            order = postorder(ix.pred, ix.succ)
+            assert order is not None, "the reverse of a graph without cycles has none"
+            return cls(order, ix.pred, ix.succ)
         return cls(ix.order[::-1], ix.succ, ix.pred)
 
     def prefix_sums(self, weights: Sequence[int]) -> list[int]:
