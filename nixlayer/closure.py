@@ -95,6 +95,15 @@ def check_store_path(path: str, store_dir: str, source: str) -> None:
         raise NixlayerError(f"{source}: {show_json(path)} is not a valid Nix store path name")
 
 
+def all_store_paths(paths: Iterable[str], store_dir: str) -> bool:
+    """Whether ``check_store_path`` passes every one of ``paths``: the same rule, for
+    many paths at once."""
+    prefix = store_dir + "/"
+    start = len(prefix)
+    valid = _BASENAME.fullmatch
+    return all(path.startswith(prefix) and valid(path, start) for path in paths)
+
+
 def make_closure(entries: Iterable[RawEntry], store_dir: str, source: str) -> Closure:
     """Check and merge raw entries into a ``Closure``.
 

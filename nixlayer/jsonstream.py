@@ -8,7 +8,9 @@ top two levels of the document (a closure's list or object, and the ``"info"`` o
 or exportReferencesGraph lists inside it) are walked here, and each value below them
 (one entry) is decoded by ``json``'s own C scanner, so values, numbers and error
 messages are exactly ``json``'s. The text of an entry is dropped once it is decoded,
-and ``compact`` makes each decoded object as small as its reader needs.
+and ``compact`` makes each decoded object as small as its reader needs. Entries that lie
+whole in the window are decoded together, a window at a time (see ``_Loader.batch``):
+one call of the scanner instead of one an entry, and the same values.
 
 JSON is strict: ``NaN`` and ``Infinity``, and a key twice in one object, are errors.
 Every problem is a one-line ``NixlayerError`` naming the source and where in it.
@@ -35,6 +37,7 @@ _LONGEST_TOKEN = 16  # "-Infinity", a \uXXXX escape: what a cut may leave unfini
 # 10,000 references, under 1 MiB). Beyond it the input never ends (/dev/zero, a pipe
 # that repeats) or is no closure, and is refused before the memory runs out.
 _LONGEST_VALUE = 64 << 20
+_BATCH = 1 << 16  # the least text worth decoding as a batch of members
 
 
 class TextWindow:
@@ -139,6 +142,11 @@ class TextWindow:
                     yield line
                 return
 
+    def offset(self, pos: int) -> int:
+        """Position ``pos`` of ``text`` as a position in the whole text, which stays
+        valid when ``text`` moves."""
+        return self._dropped + pos
+
     def where(self, pos: int) -> tuple[int, int]:
         """Line and column (from 1) of position ``pos`` of ``text``."""
         before = self.text[:pos]
@@ -187,6 +195,7 @@ class _Loader:
             raise NixlayerError(f"{source}: not valid JSON: {name} is not a JSON number")
 
         def fields(pairs: list[tuple[str, Any]]) -> Any:
+            self.members = pairs  # the outermost object decoded last is a batch's own
             unique = dict(pairs)
             if len(unique) != len(pairs):
                 self.unique(pairs)  # raises
@@ -194,6 +203,8 @@ class _Loader:
 
         decoder = json.JSONDecoder(parse_constant=reject_constant, object_pairs_hook=fields)
         self._scan = decoder.scan_once
+        self.members: list[tuple[str, Any]] = []
+        self._no_batch_before = 0  # where a batch of this container failed: one by one up to here
 
     def unique(self, pairs: list[tuple[str, Any]]) -> Fields:
         """json keeps the last of two equal keys silently; a closure with a store path
@@ -218,11 +229,16 @@ class _Loader:
         """The value at ``pos``: walked member by member if a list or object, whose
         members are walked too if ``stream_members`` accepts their key."""
         first = self.window.skip_whitespace()
-        if first == "[":
-            return self.array()
-        if first == "{":
-            return self.object(stream_members)
-        return self.value()
+        # Where a batch of the container around failed is no matter for this one.
+        held, self._no_batch_before = self._no_batch_before, 0
+        try:
+            if first == "[":
+                return self.array()
+            if first == "{":
+                return self.object(stream_members)
+            return self.value()
+        finally:
+            self._no_batch_before = held
 
     def cut(self, message: str, pos: int) -> bool:
         """Whether an error may be only the end of the window, which cuts a value
@@ -233,6 +249,41 @@ class _Loader:
         if window.eof or not (near_end or message.startswith("Unterminated")):
             return False
         return window.ensure(2 * (len(window.text) - window.pos) + 1)
+
+    def batch(self, opening: str, closing: str) -> Any:
+        """The members of a list (``[`` ``]``) or object (``{`` ``}``) from ``pos`` up to
+        the window's last ``}``, decoded as one list or object by json's scanner, and
+        ``pos`` moved past them; None, and ``pos`` kept, where that is not worth it or
+        does not decode (then the members up to that ``}`` go one by one).
+
+        It decodes exactly when the cut lies between two members of this container:
+        inside a string the string would not end, inside a nested value the brackets
+        would not match, and after the container's own end there would be text left.
+        The members are then those the one-by-one walk finds, decoded by the same
+        scanner with the same hooks. Where it does not decode (the window cuts a string
+        holding a ``}``, or the input is in error), the walk one by one finds the error
+        and words it as ever.
+        """
+        window = self.window
+        text, pos = window.text, window.pos
+        if window.offset(pos) < self._no_batch_before:
+            return None
+        cut = before = len(text)
+        for _ in range(2):  # the window's last "}" may close this container: one before
+            cut = text.rfind("}", pos, before) + 1
+            before = cut - 1
+            if cut - pos < _BATCH:
+                break
+            joined = opening + text[pos:cut] + closing
+            try:
+                value, end = self._scan(joined, 0)
+            except (StopIteration, ValueError, NixlayerError, RecursionError):
+                continue
+            if end == len(joined):
+                window.pos = cut
+                return value
+        self._no_batch_before = window.offset(max(cut, pos))
+        return None
 
     def value(self) -> Any:
         """One value, by json's scanner; read on while it might go on past the window
@@ -269,18 +320,23 @@ class _Loader:
             return items
         scan, spaces = self._scan, _SPACES
         while True:
-            # Most items lie well inside the window: scanned here at once. One near
-            # its end, or in error, goes the careful way (``value``).
-            text, pos = window.text, window.pos
-            limit = len(text) - _LONGEST_TOKEN
-            try:
-                value, end = scan(text, pos) if pos < limit else (None, len(text))
-            except (StopIteration, ValueError):
-                end = len(text)
-            if end > limit:
-                value = self.value()
+            batch = self.batch("[", "]")
+            if batch is not None:
+                items += batch
                 text, end = window.text, window.pos
-            items.append(value)
+            else:
+                # Most items lie well inside the window: scanned here at once. One near
+                # its end, or in error, goes the careful way (``value``).
+                text, pos = window.text, window.pos
+                limit = len(text) - _LONGEST_TOKEN
+                try:
+                    value, end = scan(text, pos) if pos < limit else (None, len(text))
+                except (StopIteration, ValueError):
+                    end = len(text)
+                if end > limit:
+                    value = self.value()
+                    text, end = window.text, window.pos
+                items.append(value)
             end = spaces(text, end).end()
             if end < len(text) and text[end] == ",":
                 window.pos = spaces(text, end + 1).end()
@@ -301,6 +357,20 @@ class _Loader:
             window.pos += 1
             return {}
         while True:
+            start = window.pos
+            if self.batch("{", "}") is not None:
+                if not any(stream_members(key) for key, _ in self.members):
+                    pairs += self.members
+                    following = self.next_visible()
+                    window.pos += 1
+                    if following == "}":
+                        return self.unique(pairs)
+                    if following != ",":
+                        raise window.fail("Expecting ',' delimiter", window.pos - 1)
+                    window.skip_whitespace()
+                    continue
+                window.pos = start  # a member to walk: one by one, as far as the batch went
+                self._no_batch_before = window.offset(window.pos) + 1
             key = self.key()
             if window.skip_whitespace() != ":":
                 raise window.fail("Expecting ':' delimiter", window.pos)

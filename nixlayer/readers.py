@@ -19,13 +19,21 @@ import itertools
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 from nixlayer.blobs import is_whiteout
-from nixlayer.closure import DEFAULT_STORE_DIR, Closure, RawEntry, is_plan_json, make_closure
+from nixlayer.closure import (
+    DEFAULT_STORE_DIR,
+    Closure,
+    RawEntry,
+    StorePath,
+    all_store_paths,
+    is_plan_json,
+    make_closure,
+)
 from nixlayer.errors import NixlayerError, reason, show_path
 from nixlayer.gcpause import no_cycle_collection
 from nixlayer.jsonstream import TextWindow, load, show_json
@@ -50,6 +58,8 @@ _NAR_HASH = re.compile(r"[A-Za-z0-9+/=:_-]+")
 _JsonObject = dict[str, Any]
 # The fields of an entry that the readers use, in any Nix version.
 _ENTRY_FIELDS = frozenset(("path", "references", "narSize", "narHash", "valid", "storeDir"))
+# Those that need no more than ``_quick_closure``'s checks.
+_PLAIN_FIELDS = frozenset(("path", "references", "narSize", "narHash"))
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,20 @@ def read_closure(
     source = "<stdin>" if path == _STDIN else show_path(path)
     shape = _check_options(input_format, attrs_key)
     with no_cycle_collection(), _open_input(path, source) as file:
-        parsed = _parse(TextWindow(file, source), shape, attrs_key, source)
+        window = TextWindow(file, source)
+        first = window.first_visible()
+        if shape == "references-graph" or (shape is None and first not in ("[", "{")):
+            parsed = _Parsed(_parse_references_graph(window.lines(), source), store_dirs=[])
+        else:
+            # The top level's members other than store paths are walked too: "info", and
+            # the exportReferencesGraph lists of an .attrs.json, hold the entries.
+            data = load(window, _compactor(), stream=lambda key: not key.startswith("/"))
+            shape = shape or _detect_json_shape(data)
+            closure = _quick_closure(data, shape, attrs_key, store_dir, source)
+            if closure is not None:
+                return closure
+            parsed = _read_attrs(data, attrs_key, source) if shape == "attrs" else (
+                _JSON_READERS[shape](data, source))  # fmt: skip
         directory = _settle_store_dir(parsed.store_dirs, store_dir, source)
         entries = parsed.entries
         if parsed.base_names:
@@ -118,21 +141,6 @@ def _open_input(path: Path, source: str) -> Iterator[IO[bytes]]:
         yield file
 
 
-def _parse(window: TextWindow, shape: str | None, attrs_key: str | None, source: str) -> _Parsed:
-    """The file streams through ``jsonstream``, which keeps of each entry only the
-    fields read here (``_compactor``), and references-graph text a line at a time."""
-    first = window.first_visible()
-    if shape == "references-graph" or (shape is None and first not in ("[", "{")):
-        return _Parsed(_parse_references_graph(window.lines(), source), store_dirs=[])
-    # The top level's members other than store paths are walked too: "info", and
-    # the exportReferencesGraph lists of an .attrs.json, hold the entries.
-    data = load(window, _compactor(), stream=lambda key: not key.startswith("/"))
-    shape = shape or _detect_json_shape(data)
-    if shape == "attrs":
-        return _read_attrs(data, attrs_key, source)
-    return _JSON_READERS[shape](data, source)
-
-
 def _compactor() -> Callable[[_JsonObject], _JsonObject]:
     """An object of the input without the fields no reader here uses (``signatures``,
     ``deriver``, ``ca``, ...), and with its path and references shared with equal
@@ -142,18 +150,119 @@ def _compactor() -> Callable[[_JsonObject], _JsonObject]:
     share = shared.setdefault
 
     def compact(fields: _JsonObject) -> _JsonObject:
-        # Its keys are these constants: json's scanner makes new ones for every entry.
-        kept = {key: fields[key] for key in _ENTRY_FIELDS if key in fields}
+        # Where it has other fields, its keys are these constants: json's scanner
+        # makes new ones for every entry it is given alone.
+        if fields.keys() <= _ENTRY_FIELDS:
+            kept = fields
+        else:
+            kept = {key: fields[key] for key in _ENTRY_FIELDS if key in fields}
         path = kept.get("path")
         if type(path) is str:
             kept["path"] = share(path, path)
         references = kept.get("references")
         if type(references) is list:
-            with suppress(TypeError):  # a list or object among them: refused later
+            try:  # noqa: SIM105 (suppress() would cost a context manager an entry)
                 kept["references"] = list(map(share, references, references))
+            except TypeError:  # a list or object among them: refused later
+                pass
         return kept
 
     return compact
+
+
+def _quick_closure(
+    data: Any, shape: str, attrs_key: str | None, store_dir: str | None, source: str
+) -> Closure | None:
+    """The closure in the usual case, checked as the readers and ``make_closure`` check
+    it, but over all paths at once: each distinct path's syntax once (not once per
+    reference), closedness as one set inclusion. None at anything out of the ordinary
+    (an invalid path, two entries for one path) or in error: the readers entry by entry
+    then find it, and word it, as ever.
+
+    A closure of 50,000 paths and 300,000 references is read in a third of the time
+    (see scripts/BENCHMARKS.md).
+    """
+    found = _quick_entries(data, shape, attrs_key, source)
+    if found is None:
+        return None
+    pairs, declared, base_names = found
+    entries: dict[str, tuple[tuple[str, ...], int | None, str | None]] = {}
+    referenced: set[str] = set()
+    store_dirs: dict[str, str] = {}  # as entries declare them: normalised
+    plain, valid_hash = _PLAIN_FIELDS, _NAR_HASH.fullmatch
+    try:
+        for key, info in pairs:
+            if type(info) is not dict:
+                return None
+            path = info.get("path") if key is None else key
+            references, size = info.get("references"), info.get("narSize")
+            nar_hash = info.get("narHash")
+            if type(path) is not str or type(references) is not list:
+                return None
+            if not info.keys() <= plain:
+                if info.get("valid", True) is not True:
+                    return None
+                entry_dir = info.get("storeDir")
+                if entry_dir is not None and entry_dir not in store_dirs:
+                    if type(entry_dir) is not str or _store_dir_problem(entry_dir):
+                        return None
+                    store_dirs[entry_dir] = _normalise_store_dir(entry_dir)
+            if size is not None and (type(size) is not int or not 0 <= size <= _MAX_NAR_SIZE):
+                return None
+            if nar_hash is not None and (type(nar_hash) is not str or not valid_hash(nar_hash)):
+                return None
+            unique = set(references)
+            referenced |= unique
+            entry = (tuple(sorted(unique)), size, nar_hash)
+            if entries.setdefault(path, entry) is not entry:
+                return None
+    except TypeError:  # a reference that is not a string
+        return None
+    if not entries or not referenced.issubset(entries):
+        return None
+    declared += [(entry_dir, "an entry") for entry_dir in set(store_dirs.values())]
+    try:
+        directory = _settle_store_dir(declared, store_dir, source)
+    except NixlayerError:
+        return None
+    if base_names:
+        full = {name: f"{directory}/{name}" for name in entries}
+        entries = {
+            full[name]: (tuple(map(full.__getitem__, references)), size, nar_hash)
+            for name, (references, size, nar_hash) in entries.items()
+        }
+    if not all_store_paths(entries, directory):
+        return None
+    paths = {path: StorePath(path, *entry) for path, entry in entries.items()}
+    return Closure(store_dir=directory, paths=paths, source=source)
+
+
+def _quick_entries(
+    data: Any, shape: str, attrs_key: str | None, source: str
+) -> tuple[Iterable[tuple[str | None, Any]], list[tuple[str, str]], bool] | None:
+    """For ``_quick_closure``: (key, entry) pairs, the key None where the entry names
+    its path itself; the store directories declared; whether paths are base names. None
+    where the top level is out of the ordinary."""
+    if shape == "path-info-list" and type(data) is list:
+        return zip(itertools.repeat(None), data), [], False
+    if shape == "path-info-dict" and type(data) is dict:
+        return data.items(), [], False
+    if shape == "attrs" and type(data) is dict:
+        keys = _graph_keys(data) if attrs_key is None else [attrs_key]
+        graph = data.get(keys[0]) if len(keys) == 1 else None
+        if type(graph) is not list:
+            return None
+        return zip(itertools.repeat(None), graph), [], False
+    if shape != "path-info-v2" or type(data) is not dict or data.get("version") not in (2, 3):
+        return None
+    info = data.get("info")
+    try:
+        declared = _store_dir_field(data, "the top level", source)
+    except NixlayerError:
+        return None
+    if type(info) is not dict or type(data["version"]) is not int:
+        return None
+    return info.items(), [] if declared is None else [(declared, "the top level")], True
 
 
 def _detect_json_shape(data: list[Any] | _JsonObject) -> str:

@@ -824,6 +824,13 @@ def bench_memory(options: Options) -> list[Row]:
     ]
 
 
+# How many libraries of other chains a library of a synthetic closure uses (drawn from
+# these): "dense", 2.4 on average, makes 300,000 references at 50,000 paths (28 MB),
+# about what issue #15 measured on; "sparse" is synthetic.py's default, 0.8 (220,000
+# references, 22 MB), where auto-layer.py's walks are shorter.
+FIXED_SHAPES = {"dense": (1, 2, 2, 3, 4), "sparse": (0, 0, 1, 1, 2)}
+
+
 def bench_fixed(options: Options) -> list[Row]:
     """Whole processes side by side on the same graph, interleaved: nixpkgs'
     ``auto-layer.py`` (from a copy made for the run: it is never part of this tree)
@@ -841,12 +848,12 @@ def bench_fixed(options: Options) -> list[Row]:
         shutil.copyfile(options.auto_layer, auto_layer)
         ignore = Path(folder, "ignore")
         ignore.write_text("")
-        for paths in options.fixed_sizes:
-            graph = Path(folder, f"graph-{paths}.json")
-            note(f"fixed: generating {paths} paths")
+        for paths, shape in itertools.product(options.fixed_sizes, FIXED_SHAPES):
+            graph = Path(folder, f"graph-{paths}-{shape}.json")
+            note(f"fixed: generating {paths} paths, {shape}")
             # In a child, so that this process stays small: a child's ru_maxrss starts
             # from the size of the process it was forked from.
-            run(child("graph", paths, graph), env=options.env)
+            run(child("graph", paths, shape, graph), env=options.env)
             references = json.loads(run(child("count", graph), subprocess.PIPE).stdout)
             commands = {
                 "auto-layer.py": [sys.executable, auto_layer, graph, ignore, 100],
@@ -855,8 +862,8 @@ def bench_fixed(options: Options) -> list[Row]:
             best_runs = _side_by_side(commands, options, [graph])
             theirs, ours = best_runs["auto-layer.py"], best_runs["nixlayer plan"]
             what = (
-                f"plan {paths:,} paths ({graph.stat().st_size / MB:.0f} MB, "
-                f"{references:,} references), whole process"
+                f"plan {paths:,} paths, {shape} ({graph.stat().st_size / MB:.0f} MB, "
+                f"{references:,} refs)"
             )
             time_ratio = ours.seconds / theirs.seconds
             rss_ratio = ours.maxrss_kb / theirs.maxrss_kb
@@ -1027,14 +1034,13 @@ def child_read(closure: str) -> None:
     print(json.dumps({"read": time.perf_counter() - started, "paths": len(loaded.paths)}))
 
 
-def child_graph(paths: str, out: str) -> None:
-    """A closure of ``paths`` store paths as writeReferencesGraph writes it, each
-    library borrowing 2.4 libraries of other chains on average: 50,000 paths make
-    28 MB with 300,000 references, what issue #15 measured on."""
+def child_graph(paths: str, shape: str, out: str) -> None:
+    """A closure of ``paths`` store paths as writeReferencesGraph writes it, of a shape
+    in ``FIXED_SHAPES``."""
     sys.path.insert(0, str(HERE))
     from synthetic import generate, references_graph
 
-    entries = references_graph(generate(int(paths), borrowed=(1, 2, 2, 3, 4)))
+    entries = references_graph(generate(int(paths), borrowed=FIXED_SHAPES[shape]))
     Path(out).write_text(json.dumps(entries))
 
 
