@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from nixlayer.errors import NixlayerError, one_line, show_path
 
 if TYPE_CHECKING:
+    import os
+
+    from nixlayer.fleet import FleetPlan
     from nixlayer.measure import PushCost
     from nixlayer.plan import Plan
     from nixlayer.verify import VerifyReport
@@ -135,3 +139,17 @@ def format_report(report: VerifyReport) -> str:
     lines += [f"  problem: {one_line(problem)}" for problem in report.problems]
     lines += [f"  note: {one_line(note)}" for note in report.notes]
     return "\n".join(lines)
+
+
+def fleet_notes(closures: Sequence[str | os.PathLike[str]], fleet: FleetPlan) -> list[str]:
+    """What a fleet's plans hold: each image's layers, and how much the shared layers share."""
+    notes = [
+        f"{show_path(closure)}: {len(plan.layers)} layers"
+        for closure, plan in zip(closures, fleet.plans, strict=True)
+    ]
+    share = 100 * fleet.shared_bytes / fleet.ceiling if fleet.ceiling else 100.0
+    notes.append(
+        f"shared layers hold {human_size(fleet.shared_bytes)} of the "
+        f"{human_size(fleet.ceiling)} of paths in more than one image ({share:.1f} %)"
+    )
+    return notes
