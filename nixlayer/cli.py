@@ -477,8 +477,11 @@ def plan_command(
     Reads no store contents, unless the closure lacks NAR sizes. --max-layers is the
     budget of store layers alone here.
     """
-    if fleet and from_image:
-        raise NixlayerError("--from: not with --fleet (it is for one image)")
+    if fleet:
+        one_image = {"--root": root, "--previous": previous, "--group": group, "--from": from_image}
+        given = [flag for flag, value in one_image.items() if value]
+        if given:
+            raise NixlayerError(f"{given[0]}: not with --fleet (it is for one image)")
     given = _given_fields(ctx)
     notes: list[str] = []
     with _worded(_flag_of):

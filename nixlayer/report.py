@@ -39,7 +39,7 @@ _SIZE_UNITS = {"": 0, "b": 0, "k": 1, "kib": 1, "m": 2, "mib": 2, "g": 3, "gib":
 _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+) ?([a-z]*)", re.ASCII | re.IGNORECASE)
 
 
-def parse_size(value: str, flag: str) -> int:
+def parse_size(value: str) -> int:
     """A number of bytes as people write it and the tables print it: ``1000``,
     ``10M``, ``10MiB``, ``1.5 GiB``, ``10 KiB`` (binary units; a fraction of a byte is
     dropped)."""
@@ -48,7 +48,7 @@ def parse_size(value: str, flag: str) -> int:
     match = _SIZE.fullmatch(value.strip())
     if not match or match[2].lower() not in _SIZE_UNITS:
         raise NixlayerError(
-            f"{flag} {value}: not a size (bytes, or a number and K, M, G, T or KiB, "
+            f"{value}: not a size (bytes, or a number and K, M, G, T or KiB, "
             "MiB, GiB, TiB: units of 1024)"
         )
     return int(Decimal(match[1]) * 1024 ** _SIZE_UNITS[match[2].lower()])

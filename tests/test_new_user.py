@@ -140,7 +140,7 @@ def test_diff_json_numbers_layers_as_the_table(fixture_store: FixtureStore, tmp_
      ("10 KiB", 10240), ("2k", 2048), ("0", 0), ("7 B", 7)],
 )  # fmt: skip
 def test_sizes_as_the_tables_print_them(given: str, size: int) -> None:
-    assert parse_size(given, "--fail-over") == size
+    assert parse_size(given) == size
 
 
 @pytest.mark.parametrize("given", ["10MB", "-1", "1e3", "", "ten", "10 M B", "\u0661\u0660"])
@@ -206,7 +206,7 @@ def test_a_docker_archive_has_no_ref(fixture_store: FixtureStore, tmp_path: Path
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--name", "a:b", "--tag", "c"], ["--name a:b", "--tag c"]),
+        (["--name", "a:b", "--tag", "c"], ["--name a:b", "the tag c"]),
         (["--name", f"a@sha256:{'0' * 64}"], ["--name", "digest"]),
     ],
 )
