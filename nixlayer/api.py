@@ -162,16 +162,18 @@ def build_image(
     settings = image_settings(options.identity, plan.roots, base, environ)
     spec = ImageSpec(settings, run, layers, base)
     output = options.output
-    algorithm = output.compression or DEFAULT_COMPRESSION.get(output.image_format, "none")
+    algorithm = output.compression
+    if algorithm is None:
+        algorithm = DEFAULT_COMPRESSION.get(output.image_format, "none")
     compression = parse_compression(algorithm, output.compress_level)
-    cache_dir = output.cache_dir or default_cache_dir(dict(environ))
+    cache_dir = default_cache_dir(dict(environ)) if output.cache_dir is None else output.cache_dir
     cache = LayerCache(cache_dir if output.use_cache else None)
     if progress is not None:
         progress.start(sum(layer.size_hint for layer in spec.all_layers))
     written = write_image(
         spec,
         output.image_format,
-        output.path or default_output(output.image_format),
+        default_output(output.image_format) if output.path is None else output.path,
         compression,
         cache,
         *((progress.update, progress.layer_done, progress.sized) if progress else ()),
@@ -196,8 +198,7 @@ def diff_builds(
 
 def read_image(image: str) -> SourceImage:
     """A docker-archive, OCI layout or oci-archive (``PATH:REF`` for one of several)."""
-    with carried_by("image"):
-        return _read_image(image)
+    return _read_image(image)
 
 
 def describe_image(image: str) -> dict[str, object]:

@@ -117,7 +117,9 @@ def image_settings(
             (default_name(roots), None) if identity.name is None else parse_name(identity.name)
         )
         if identity.tag is not None and tag not in (None, identity.tag):
-            raise NixlayerError(f"{identity.name}: a second tag beside the tag {identity.tag}; give one")
+            raise NixlayerError(
+                f"{identity.name}: a second tag beside the tag {identity.tag}; give one"
+            )
     with carried_by("tag"):
         tag = tag if identity.tag is None else parse_tag(identity.tag)
     architecture, variant = _platform(identity.arch, base)

@@ -191,13 +191,13 @@ def test_created_that_is_not_rfc_3339_is_refused(value: str) -> None:
 
 def test_an_empty_created_is_refused_not_taken_for_unset(store: Store, tmp_path: Path) -> None:
     out = tmp_path / "image.tar"
-    _input_error(store.build(out, "--created", ""), "--created : not an RFC 3339 time")
+    _input_error(store.build(out, "--created", ""), "--created: not an RFC 3339 time")
     assert not out.exists()
 
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("", "'created' is empty"), ("0001-01-01T00:00:00+01:00", "--created 0001")],
+    [("", "'created' is empty"), ("0001-01-01T00:00:00+01:00", "'created' 0001")],
 )
 def test_created_from_the_settings_is_checked_like_the_flag(
     fixture_store: FixtureStore, tmp_path: Path, value: str, message: str

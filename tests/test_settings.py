@@ -83,9 +83,7 @@ def test_an_mtime_from_the_settings_is_checked_like_the_flag_and_named_by_its_ke
     assert not (tmp_path / "x.tar").exists()
 
 
-def test_settings_become_option_fields(
-    fixture_store: FixtureStore, tmp_path: Path
-) -> None:
+def test_settings_become_option_fields(fixture_store: FixtureStore, tmp_path: Path) -> None:
     settings = {"cmd": ["uvicorn", "main:app"], "entrypoint": "/bin/sh", "from": "base.tar"}
     loaded = load_attrs_settings(_attrs_file(fixture_store, tmp_path, settings))
     assert loaded.values == {
