@@ -18,6 +18,7 @@ from nixlayer.closure import DEFAULT_STORE_DIR, Closure
 from nixlayer.customisation import Customisation, customisation_entries, describe
 from nixlayer.errors import NixlayerError, show_path
 from nixlayer.formats import read_image
+from nixlayer.formats.oci import LAYOUT
 from nixlayer.image import (
     DEFAULT_MTIME,
     MAX_TIMESTAMP,
@@ -36,6 +37,7 @@ from nixlayer.image import (
 )
 from nixlayer.jsonfile import CLOSURE_SIZED_LIMIT, load_json
 from nixlayer.layers import EntriesLayer, Layer, StoreLayer, layer_store_paths
+from nixlayer.nixinput import closure_file, nix_argument
 from nixlayer.plan import Plan, PlanLayer, make_plan
 from nixlayer.readers import read_closure
 from nixlayer.runconfig import RunFlags, check_run_config, load_config_file, run_config
@@ -46,7 +48,7 @@ from nixlayer.store import check_store_root, with_disk_nar_sizes
 class ClosureInput:
     """Where the closure comes from and how to read it."""
 
-    file: Path
+    file: Path | str  # a str as typed: Path() would make "./sub#app" "sub#app"
     input_format: str | None = None
     attrs_key: str | None = None
     store_dir: str | None = None
@@ -74,7 +76,8 @@ class Identity:
 
 
 def load_closure(source: ClosureInput, note: Callable[[str], None]) -> Closure:
-    closure = read_closure(source.file, source.input_format, source.attrs_key, source.store_dir)
+    with closure_file(source.file, source.store_root, source.store_dir) as (file, name):
+        closure = read_closure(file, source.input_format, source.attrs_key, source.store_dir, name)
     if not closure.has_nar_sizes:
         check_store_root(source.store_root)
         note(
@@ -252,15 +255,18 @@ def load_layering(
     provided: frozenset[str] = frozenset(),
 ) -> Plan:
     """A plan JSON, an image nixlayer wrote, or a closure planned here and now (see
-    ``make_plan`` for ``provided``)."""
+    ``make_plan`` for ``provided``): a closure file, or a store path or installable that
+    is no image (see ``nixinput``; ``PATH:REF`` is an image's, a ``#`` an installable's)."""
     path = Path(value)
     data = _json_or_none(path) if path.is_file() else None
     if Plan.recognise(data):
         return Plan.from_json(data, f"{flag} {show_path(value)}")
     is_tar = path.is_file() and tarfile.is_tarfile(path)
-    if path.is_dir() or is_tar or (not path.exists() and ":" in value):
+    for_nix = nix_argument(value, closure_input.store_root, closure_input.store_dir) is not None
+    is_layout = path.is_dir() and (not for_nix or (path / LAYOUT).is_file())
+    if is_layout or is_tar or (not path.exists() and ":" in value and "#" not in value):
         return plan_from_image(read_image(value, flag))
-    closure = load_closure(replace(closure_input, file=path), lambda message: None)
+    closure = load_closure(replace(closure_input, file=value), lambda message: None)
     return make_plan(closure, strategy, max_layers, provided=provided)
 
 

@@ -142,12 +142,13 @@ def _whole_number(value: str | int) -> int:
 
 
 ClosureArg = Annotated[
-    Path,
+    str,
     typer.Argument(
         help="The closure: `nix path-info --json --recursive` output, a structured-attrs "
-        "file or exportReferencesGraph text; - for stdin.",
+        "file or exportReferencesGraph text; - for stdin. Or, with nix on PATH, a store "
+        "path, a ./result link or an installable (.#app): nix path-info reads its closure.",
         show_default=False,
-        parser=_PATH,
+        parser=_TEXT_PATH,
         metavar="CLOSURE",
     ),
 ]
@@ -378,7 +379,7 @@ def _with_attrs_settings(ctx: typer.Context, options: dict[str, Any]) -> dict[st
     """With --settings-from-attrs, the file's settings for options not given here."""
     if not options["settings_from_attrs"]:
         return {}
-    settings = load_attrs_settings(options["closure_file"], options["settings_key"])
+    settings = load_attrs_settings(Path(options["closure_file"]), options["settings_key"])
     return {
         name: value
         for name, value in settings.items()
@@ -434,11 +435,11 @@ class _Progress:
 @app.command("plan")
 def plan_command(
     closure_files: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(
-            help="The closure (with --fleet: several); - for stdin.",
+            help="The closure (with --fleet: several), as from-closure reads it; - for stdin.",
             show_default=False,
-            parser=_PATH,
+            parser=_TEXT_PATH,
             metavar="CLOSURE...",
         ),
     ],
@@ -484,7 +485,7 @@ def plan_command(
         given = [flag for flag, value in one_image.items() if value]
         if given:
             raise NixlayerError(f"{given[0]}: not with --fleet (it is for one image)")
-        names = _fleet_plan_names(closure_files, Path(output))
+        names = _fleet_plan_names(list(map(Path, closure_files)), Path(output))
     elif len(closure_files) != 1:
         raise NixlayerError("plan: give one closure, or several with --fleet")
     sources = [
