@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import tempfile
@@ -41,11 +40,12 @@ from typing import IO
 from nixlayer.closure import DEFAULT_STORE_DIR
 from nixlayer.errors import NixlayerError, one_line, reason, show_path
 
-# Flake reference schemes: a value that names nothing on disk and starts with one is
-# an installable.
-_FLAKE_SCHEME = re.compile(
-    r"(flake|path|github|gitlab|sourcehut|git|hg|tarball|file|https?)(\+[a-z]+)?:"
-)
+# Flake reference schemes (``git+https:`` is git's): a value that names nothing on disk
+# and starts with one is an installable.
+_FLAKE_SCHEMES = frozenset(
+    ("flake", "path", "github", "gitlab", "sourcehut", "git", "hg", "tarball", "file", "http",
+     "https")
+)  # fmt: skip
 # The environment Nix gets: its own settings, where its configuration and caches are,
 # and what fetching a flake may need (certificates, an SSH agent, *_proxy).
 _PASSED = frozenset(
@@ -56,7 +56,7 @@ _PASSED_PREFIXES = ("NIX_", "XDG_")
 # The start of Nix's stderr that is searched for its error line: the rest may be a
 # long build or evaluation trace.
 _STDERR_READ = 64 * 1024
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_ANSI = r"\x1b\[[0-9;]*[A-Za-z]"  # compiled on the way out only, as shlex is imported
 _MAX_LINKS = 40  # as the kernel follows
 
 
@@ -81,7 +81,7 @@ def nix_argument(
         return f"{logical}/{real[len(store) + 1 :].split(os.sep)[0]}"
     if os.path.exists(text):
         return text if os.path.isfile(os.path.join(text, "flake.nix")) else None
-    if "#" in text or _FLAKE_SCHEME.match(text):
+    if "#" in text or text.partition(":")[0].partition("+")[0] in _FLAKE_SCHEMES:
         return text
     return None
 
@@ -102,9 +102,10 @@ def _store_child(text: str, store: str) -> str | None:
         path = os.path.join(folder, os.path.basename(path))
         if folder == store:
             return path
-        if not os.path.islink(path):
+        try:
+            path = os.path.join(folder, os.readlink(path))
+        except OSError:  # not a link (or out of reach): no way into the store
             return None
-        path = os.path.join(folder, os.readlink(path))
     return None
 
 
@@ -134,6 +135,8 @@ def closure_file(
 def path_info(argument: str, shown: str, output: IO[bytes]) -> None:
     """Write ``nix path-info --json --recursive ARGUMENT`` to ``output``; a problem is
     one line that starts with ``shown``, the value as the user gave it."""
+    import shlex  # for a message: not loaded for every run
+
     command = f"nix path-info --json --recursive {shlex.quote(argument)}"
     nix = shutil.which("nix")
     if nix is None:
@@ -174,7 +177,7 @@ def _starts_as_closure(path: str) -> bool:
 
 def _error_line(stderr: str) -> str:
     """Nix's first line that starts ``error:`` (without it), else its first line."""
-    lines = [line.strip() for line in _ANSI.sub("", stderr).splitlines() if line.strip()]
+    lines = [line.strip() for line in re.sub(_ANSI, "", stderr).splitlines() if line.strip()]
     for line in lines:
         if line.startswith("error:"):
             return one_line(line[len("error:") :].strip())
