@@ -18,6 +18,7 @@ from nixlayer.closure import DEFAULT_STORE_DIR, Closure
 from nixlayer.customisation import Customisation, customisation_entries, describe
 from nixlayer.errors import NixlayerError, carried_by, show_path
 from nixlayer.formats import read_image
+from nixlayer.formats.oci import LAYOUT
 from nixlayer.image import (
     DEFAULT_MTIME,
     MAX_TIMESTAMP,
@@ -36,6 +37,7 @@ from nixlayer.image import (
 )
 from nixlayer.jsonfile import CLOSURE_SIZED_LIMIT, load_json
 from nixlayer.layers import EntriesLayer, Layer, StoreLayer, layer_store_paths
+from nixlayer.nixinput import closure_file, nix_argument
 from nixlayer.options import ClosureInput, Identity, Layering
 from nixlayer.plan import Plan, PlanLayer, make_plan
 from nixlayer.readers import read_closure
@@ -44,11 +46,10 @@ from nixlayer.store import check_store_root, with_disk_nar_sizes
 
 
 def load_closure(source: ClosureInput, note: Callable[[str], None]) -> Closure:
-    """The closure, with the sizes read from the store on disk where it has none."""
-    with carried_by("closure"):
-        closure = read_closure(
-            Path(source.closure), source.input_format, source.attrs_key, source.store_dir
-        )
+    """The closure, with the sizes read from the store on disk where it has none; a
+    store path or an installable is asked of Nix (see ``nixinput``)."""
+    with closure_file(source.closure, source.store_root, source.store_dir) as (file, name):
+        closure = read_closure(file, source.input_format, source.attrs_key, source.store_dir, name)
     if not closure.has_nar_sizes:
         with carried_by("store_root"):
             check_store_root(source.store_root)
@@ -225,16 +226,20 @@ def load_layering(
     max_layers: int,
     provided: frozenset[str] = frozenset(),
 ) -> Plan:
-    """A plan JSON, an image nixlayer wrote, or a closure read as ``closure_input``
-    says and planned here and now (see ``make_plan`` for ``provided``)."""
+    """A plan JSON, an image nixlayer wrote, or a closure read as ``closure_input`` says
+    and planned here and now (see ``make_plan`` for ``provided``): a closure file, or a
+    store path or installable that is no image (see ``nixinput``; ``PATH:REF`` is an
+    image's, a ``#`` an installable's)."""
     path = Path(value)
     data = _json_or_none(path) if path.is_file() else None
     if Plan.recognise(data):
         return Plan.from_json(data, show_path(value))
     is_tar = path.is_file() and tarfile.is_tarfile(path)
-    if path.is_dir() or is_tar or (not path.exists() and ":" in value):
+    for_nix = nix_argument(value, closure_input.store_root, closure_input.store_dir) is not None
+    is_layout = path.is_dir() and (not for_nix or (path / LAYOUT).is_file())
+    if is_layout or is_tar or (not path.exists() and ":" in value and "#" not in value):
         return plan_from_image(read_image(value))
-    closure = load_closure(replace(closure_input, closure=path), lambda message: None)
+    closure = load_closure(replace(closure_input, closure=value), lambda message: None)
     return make_plan(closure, strategy, max_layers, provided=provided)
 
 

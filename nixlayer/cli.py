@@ -124,12 +124,13 @@ def _whole_number(value: str | int) -> int:
 
 
 ClosureArg = Annotated[
-    Path,
+    str,
     typer.Argument(
         help="The closure: `nix path-info --json --recursive` output, a structured-attrs "
-        "file or exportReferencesGraph text; - for stdin.",
+        "file or exportReferencesGraph text; - for stdin. Or, with nix on PATH, a store "
+        "path, a ./result link or an installable (.#app): nix path-info reads its closure.",
         show_default=False,
-        parser=_PATH,
+        parser=_TEXT_PATH,
         metavar="CLOSURE",
     ),
 ]
@@ -312,13 +313,13 @@ def from_closure(
     given = _given_fields(ctx)
     named = _flag_of
     if settings_from_attrs:
-        if closure_file == Path("-"):
+        if closure_file == "-":
             raise NixlayerError(
                 "--settings-from-attrs: reads the closure's file a second time, so the "
                 "closure cannot come from stdin (-); give the .attrs.json file's path"
             )
         with _worded(named):
-            settings = load_attrs_settings(closure_file, settings_key)
+            settings = load_attrs_settings(Path(closure_file), settings_key)
         given = {**settings.values, **given}
         named = _named_by(settings)
     with _worded(named):
@@ -432,11 +433,11 @@ class _Progress:
 def plan_command(
     ctx: typer.Context,
     closure_files: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(
-            help="The closure (with --fleet: several); - for stdin.",
+            help="The closure (with --fleet: several), as from-closure reads it; - for stdin.",
             show_default=False,
-            parser=_PATH,
+            parser=_TEXT_PATH,
             metavar="CLOSURE...",
         ),
     ],
