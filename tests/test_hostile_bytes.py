@@ -12,17 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from consumers import (
-    FixtureStore,
-    Tools,
-    copy_fixture_store,
-    layer_members,
-    read_docker_archive,
-    run_nixlayer,
-    run_ok,
-    skopeo_inspect_config,
-)
-from test_hostile import Store, _input_error
+from support.archives import layer_members, read_docker_archive
+from support.handmade import Store
+from support.handmade import input_error as _input_error
+from support.run import run_nixlayer, run_ok
+from support.stores import FixtureStore, copy_fixture_store
+from support.tools import Tools, skopeo_inspect_config
 from test_settings import _attrs_file
 
 from nixlayer.errors import NixlayerError

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consumers import Tools, nixlayer_command, run_nixlayer, unpack_image
-from test_hostile import _input_error
+from support.handmade import input_error as _input_error
+from support.run import nixlayer_command, run_nixlayer
+from support.tools import Tools, unpack_image
 
 from nixlayer.customisation import parse_mkdir
 from nixlayer.errors import NixlayerError

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
-from consumers import FixtureStore, run_nixlayer, run_ok
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.run import run_nixlayer, run_ok
+from support.stores import FixtureStore
 
 from nixlayer.build import load_closure, store_layers
 from nixlayer.closure import Closure, RawEntry, make_closure

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consumers import REPO, FixtureStore, read_docker_archive, run_nixlayer, run_ok
-from test_hostile import _input_error
+from support.archives import read_docker_archive
+from support.handmade import input_error as _input_error
+from support.run import REPO, run_nixlayer, run_ok
+from support.stores import FixtureStore
 
 from nixlayer import cli
 from nixlayer.layers import written_by_nixlayer

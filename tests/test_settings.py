@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from consumers import FixtureStore, read_docker_archive, run_nixlayer, run_ok
+from support.archives import read_docker_archive
+from support.run import run_nixlayer, run_ok
+from support.stores import FixtureStore
 
 from nixlayer.errors import NixlayerError
 from nixlayer.settings import load_attrs_settings
