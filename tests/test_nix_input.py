@@ -15,16 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from consumers import (
-    NixClosure,
-    build_closure,
-    layer_members,
-    nix_missing,
-    read_docker_archive,
-    run_nix,
-    run_nixlayer,
-    run_ok,
-)
+from support.archives import layer_members, read_docker_archive
+from support.nix import NixClosure, build_closure, nix_missing, run_nix
+from support.run import run_nixlayer, run_ok
 
 from nixlayer.nixinput import nix_argument
 
