@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         build_image,
         describe_image,
         diff_builds,
+        fleet_plan_files,
         plan_fleet,
         plan_image,
         read_closure,
@@ -62,8 +63,8 @@ if TYPE_CHECKING:
 _EXPORTS = {
     **dict.fromkeys(
         ("BuiltImage", "Progress", "VerifyReport", "build_image", "describe_image",
-         "diff_builds", "plan_fleet", "plan_image", "read_closure", "read_image",
-         "save_plans", "verify_image"),
+         "diff_builds", "fleet_plan_files", "plan_fleet", "plan_image", "read_closure",
+         "read_image", "save_plans", "verify_image"),
         "nixlayer.api",
     ),
     **dict.fromkeys(
@@ -107,6 +108,7 @@ __all__ = [
     "build_image",
     "describe_image",
     "diff_builds",
+    "fleet_plan_files",
     "plan_fleet",
     "plan_image",
     "read_closure",

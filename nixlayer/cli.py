@@ -14,16 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from typer.exceptions import TyperException as UsageProblem
 
+import nixlayer
 from nixlayer import version
-from nixlayer.api import (
-    build_image,
-    describe_image,
-    diff_builds,
-    fleet_plan_files,
-    plan_fleet,
-    plan_image,
-    save_plans,
-)
 from nixlayer.closure import DEFAULT_STORE_DIR
 from nixlayer.errors import NixlayerError, carried_by, one_line, reason, show_path
 from nixlayer.formats import FORMATS
@@ -326,7 +318,7 @@ def from_closure(
         source, options = options_from_fields(given)
         notes: list[str] = []
         with _Progress(quiet) as progress:
-            built = build_image(source, options, progress, notes.append)
+            built = nixlayer.build_image(source, options, progress, notes.append)
     _notes([*notes, *built.plan.notes, f"wrote {built.image}"], quiet)
 
 
@@ -491,15 +483,15 @@ def plan_command(
         sources = [ClosureInput(file, input_format, attrs_key, store_dir, store_root)
                    for file in closure_files]  # fmt: skip
         if fleet:
-            files = fleet_plan_files(closure_files, output)
-            planned = plan_fleet(sources, layering, notes.append)
-            save_plans(dict(zip(files, planned.plans, strict=True)))
+            files = nixlayer.fleet_plan_files(closure_files, output)
+            planned = nixlayer.plan_fleet(sources, layering, notes.append)
+            nixlayer.save_plans(dict(zip(files, planned.plans, strict=True)))
             _notes([*notes, *fleet_notes(closure_files, planned)], quiet)
             return
         if len(closure_files) != 1:
             raise NixlayerError("plan: give one closure, or several with --fleet")
-        plan = plan_image(sources[0], layering, from_image, notes.append)
-        save_plans({output: plan})
+        plan = nixlayer.plan_image(sources[0], layering, from_image, notes.append)
+        nixlayer.save_plans({output: plan})
     _notes(notes, quiet)
     if not quiet:
         print(plan_table(plan), file=sys.stderr)
@@ -539,7 +531,7 @@ def diff_command(
         with carried_by("fail_over"):
             limit = parse_size(fail_over) if fail_over is not None else None
         layering = Layering(strategy=strategy, max_layers=max_layers)
-        cost = diff_builds(old, new, layering, store_root)
+        cost = nixlayer.diff_builds(old, new, layering, store_root)
     print(json.dumps(cost.to_json(), indent=2) if as_json else format_cost(cost))
     if limit is not None and cost.pushed > limit:
         pushed = f"{human_size(cost.pushed)} ({cost.pushed} bytes)"
@@ -559,7 +551,7 @@ def inspect_command(
 ) -> None:
     """Show an image's config and, per layer, its digest, size and store paths."""
     with _worded(_flag_of):
-        description = describe_image(image)
+        description = nixlayer.describe_image(image)
     if as_json:
         print(json.dumps(description, indent=2))
     else:
@@ -575,9 +567,7 @@ def verify_command(
 ) -> None:
     """Re-read an image as consumers would: every digest, size and diff_id, every layer
     member and config field, and the layers merged; exit 1 on a problem."""
-    from nixlayer.api import verify_image  # only this command needs it
-
-    report = verify_image(image)
+    report = nixlayer.verify_image(image)
     print(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
     if not report.ok:
         sys.exit(1)
