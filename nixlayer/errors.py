@@ -45,7 +45,10 @@ class NixlayerError(Exception):
 
     def worded(self, name_of: Callable[[str], str]) -> str:
         """The message, after the option that carried the value as ``name_of`` names it."""
-        return self.message if self.option is None else f"{name_of(self.option)} {self.message}"
+        if self.option is None:
+            return self.message
+        space = "" if self.message.startswith(":") else " "  # ": empty": no value to show
+        return f"{name_of(self.option)}{space}{self.message}"
 
 
 @contextmanager

@@ -42,7 +42,7 @@ def path_and_ref(value: str) -> tuple[Path, str | None]:
     return Path(value), None
 
 
-def read_image(value: str, flag: str) -> SourceImage:
+def read_image(value: str) -> SourceImage:
     """A docker-archive (plain, or compressed as a whole), an OCI layout folder or an
     oci-archive, told apart by content; ``PATH:REF`` picks one image of a layout or
     oci-archive that holds several (see ``path_and_ref``)."""
@@ -50,18 +50,18 @@ def read_image(value: str, flag: str) -> SourceImage:
     if path.is_dir():
         files = folder_files(path)
         if not files.has(LAYOUT):
-            raise NixlayerError(f"{flag} {show_path(value)}: a folder, but not an OCI image layout")
+            raise NixlayerError(f"{show_path(value)}: a folder, but not an OCI image layout")
         return read_oci(files, ref)
     if not path.is_file():
-        raise NixlayerError(f"{flag} {show_path(value)}: {not_an_image(path)}")
+        raise NixlayerError(f"{show_path(value)}: {not_an_image(path)}")
     files = archive_files(path)
     if files.has(INDEX) and files.has(LAYOUT):
         return read_oci(files, ref)
     if files.has(MANIFEST):
         if ref is not None:
-            raise NixlayerError(f"{flag} {value}: a docker-archive; :REF names an OCI image")
+            raise NixlayerError(f"{value}: a docker-archive; :REF names an OCI image")
         return read_docker_archive(files)
-    raise NixlayerError(f"{flag} {show_path(value)}: not a docker-archive or OCI image")
+    raise NixlayerError(f"{show_path(value)}: not a docker-archive or OCI image")
 
 
 def not_an_image(path: Path) -> str:
