@@ -17,7 +17,7 @@ from nixlayer.gcpause import no_cycle_collection
 from nixlayer.graph import PathGraph, find_roots, induced, path_graph
 from nixlayer.jsonstream import show_json
 from nixlayer.report import human_size
-from nixlayer.strategies import INDEXED_STRATEGIES, STRATEGIES
+from nixlayer.strategies import STRATEGIES
 
 PLAN_VERSION = 1
 
@@ -170,7 +170,7 @@ def _lay_out(
     """The strategy on the paths left to lay out; their roots are the given roots
     among them, and any path whose users all sit in kept layers."""
     sub_roots = sorted({r for r in roots if r in subgraph} | set(subgraph.sources()))
-    return INDEXED_STRATEGIES[strategy](subgraph, sub_roots, budget)
+    return STRATEGIES[strategy](subgraph, sub_roots, budget)
 
 
 def _kept_layers(previous: Plan, closure: Closure, provided: frozenset[str]) -> list[list[str]]:

@@ -1015,13 +1015,13 @@ def child_strategy(closure: str, strategy: str) -> None:
     from nixlayer.gcpause import no_cycle_collection
     from nixlayer.graph import find_roots, path_graph
     from nixlayer.readers import read_closure
-    from nixlayer.strategies import INDEXED_STRATEGIES
+    from nixlayer.strategies import STRATEGIES
 
     graph = path_graph(read_closure(Path(closure)))
     roots = find_roots(graph)
     with no_cycle_collection():
         started = time.perf_counter()
-        INDEXED_STRATEGIES[strategy](graph, roots, 100)
+        STRATEGIES[strategy](graph, roots, 100)
         seconds = time.perf_counter() - started
     _say(strategy=seconds)
 
