@@ -188,7 +188,7 @@ def _quick_closure(
     if found is None:
         return None
     pairs, declared, base_names = found
-    entries: dict[str, tuple[tuple[str, ...], int | None, str | None]] = {}
+    paths: dict[str, StorePath] = {}  # by base name where ``base_names``
     referenced: set[str] = set()
     store_dirs: dict[str, str] = {}  # as entries declare them: normalised
     plain, valid_hash = _PLAIN_FIELDS, _NAR_HASH.fullmatch
@@ -215,27 +215,27 @@ def _quick_closure(
                 return None
             unique = set(references)
             referenced |= unique
-            entry = (tuple(sorted(unique)), size, nar_hash)
-            if entries.setdefault(path, entry) is not entry:
+            store_path = StorePath(path, tuple(sorted(unique)), size, nar_hash)
+            if paths.setdefault(path, store_path) is not store_path:
                 return None
     except TypeError:  # a reference that is not a string
         return None
-    if not entries or not referenced.issubset(entries):
+    if not paths or not referenced.issubset(paths):
         return None
     declared += [(entry_dir, "an entry") for entry_dir in set(store_dirs.values())]
     try:
         directory = _settle_store_dir(declared, store_dir, source)
     except NixlayerError:
         return None
-    if base_names:
-        full = {name: f"{directory}/{name}" for name in entries}
-        entries = {
-            full[name]: (tuple(map(full.__getitem__, references)), size, nar_hash)
-            for name, (references, size, nar_hash) in entries.items()
-        }
-    if not all_store_paths(entries, directory):
+    if base_names:  # the same order: the names share their store directory
+        full = {name: f"{directory}/{name}" for name in paths}
+        paths = {
+            full[name]: StorePath(full[name], tuple(map(full.__getitem__, p.references)),
+                                  p.nar_size, p.nar_hash)
+            for name, p in paths.items()
+        }  # fmt: skip
+    if not all_store_paths(paths, directory):
         return None
-    paths = {path: StorePath(path, *entry) for path, entry in entries.items()}
     return Closure(store_dir=directory, paths=paths, source=source)
 
 
