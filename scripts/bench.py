@@ -859,6 +859,8 @@ def bench_fixed(options: Options) -> list[Row]:
                 "auto-layer.py": [sys.executable, auto_layer, graph, ignore, 100],
                 "nixlayer plan": nixlayer_cli("plan", "-q", "--max-layers", 100, graph),
             }
+            if paths == max(options.fixed_sizes):
+                rows += _parsers(graph, options, f"{paths:,} paths, {shape}")
             best_runs = _side_by_side(commands, options, [graph])
             theirs, ours = best_runs["auto-layer.py"], best_runs["nixlayer plan"]
             what = (
@@ -910,6 +912,21 @@ def bench_fixed(options: Options) -> list[Row]:
             )
         )
     return rows
+
+
+def _parsers(graph: Path, options: Options, what: str) -> list[Row]:
+    """The closure reader against JSON parsers reading the same file whole, in one child
+    (the best of three each): why the reader is what it is."""
+    graph.read_bytes()
+    result = run(child("parse", graph), subprocess.PIPE, options.env)
+    figures = json.loads(result.stdout)
+    note(f"fixed: parsers on {what}: {figures}")
+    whole = figures.pop("json.loads")
+    return [
+        Row("7", f"read {what}: {name}", f"{seconds:.3f} s", f"json.loads {whole:.3f} s",
+            f"{seconds / whole:.2f}x")
+        for name, seconds in figures.items()
+    ]  # fmt: skip
 
 
 def _side_by_side(
@@ -1044,6 +1061,63 @@ def child_graph(paths: str, shape: str, out: str) -> None:
     Path(out).write_text(json.dumps(entries))
 
 
+def child_parse(graph: str) -> None:
+    """Seconds to read a writeReferencesGraph file: ``read_closure`` (the quick way, and
+    the careful one alone), ``jsonstream.load`` alone, and parsers that read it whole
+    (orjson and ijson's C backend where installed: nixlayer does not use them)."""
+    import gc
+
+    from nixlayer import jsonstream, readers
+
+    path = Path(graph)
+
+    def stream() -> object:
+        with path.open("rb") as file:
+            window = jsonstream.TextWindow(file, graph)
+            return jsonstream.load(window, readers._compactor(), lambda key: False)
+
+    def careful() -> object:
+        quick, readers._quick_closure = readers._quick_closure, lambda *args: None
+        try:
+            return readers.read_closure(path)
+        finally:
+            readers._quick_closure = quick
+
+    ways: dict[str, Callable[[], object]] = {
+        "json.loads": lambda: json.loads(path.read_bytes()),
+        "read_closure": lambda: readers.read_closure(path),
+        "jsonstream.load alone": stream,
+    }
+    if hasattr(readers, "_quick_closure"):  # a tree before it had none
+        ways["read_closure, careful readers alone"] = careful
+    try:
+        import orjson  # type: ignore[import-not-found]
+
+        ways["orjson.loads (no check for keys twice)"] = lambda: orjson.loads(path.read_bytes())
+    except ImportError:
+        pass
+    try:
+        import ijson  # type: ignore[import-not-found]
+
+        def items() -> object:
+            with path.open("rb") as file:
+                return list(ijson.items(file, "item"))
+
+        ways[f"ijson.items, {ijson.backend} (no check for keys twice)"] = items
+    except ImportError:
+        pass
+    figures = {}
+    for name, way in ways.items():
+        times = []
+        for _ in range(3):
+            gc.collect()
+            started = time.perf_counter()
+            way()
+            times.append(time.perf_counter() - started)
+        figures[name] = min(times)
+    print(json.dumps(figures))
+
+
 def child_count(graph: str) -> None:
     """How many references a writeReferencesGraph file names."""
     print(sum(len(entry["references"]) for entry in json.loads(Path(graph).read_text())))
@@ -1057,6 +1131,7 @@ CHILDREN = {
     "strategy": child_strategy,
     "graph": child_graph,
     "count": child_count,
+    "parse": child_parse,
 }
 
 
