@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """How fast nixlayer emits and plans images, each figure a ratio to a baseline measured
 in the same run (tar | openssl, openssl alone, one compression worker, the first build,
-the small-file case), on inputs this script builds and removes again.
+the small-file case, nixpkgs' auto-layer.py), on inputs this script builds and removes
+again.
 
     python scripts/bench.py                       # everything, about 10 minutes
     python scripts/bench.py --only large,small    # some benchmarks: large small oci
-                                                  # rebuild planning memory
+                                                  # rebuild planning memory fixed
     python scripts/bench.py --src /tmp/old        # another nixlayer tree (its nixlayer/)
     python scripts/bench.py --cold                # also with the page cache dropped
-    python scripts/bench.py --only fixed --auto-layer /work/bench-tools/auto-layer.py
-                                  # nixlayer plan against nixpkgs' auto-layer.py, start-up
+    python scripts/bench.py --only fixed --auto-layer /path/to/auto-layer.py
+                    # nixlayer plan against nixpkgs' auto-layer.py (a copy of it, kept
+                    # outside this tree), and the CLI's start
 
 Inputs (a fake store of a few GB, synthetic closures) go to a temporary folder under
 --tmp (default: the system's), removed at the end. Each timed run is preceded by a
@@ -1156,7 +1158,9 @@ def main() -> None:
         return
     signal.signal(signal.SIGTERM, _interrupted)  # unwind, so the inputs are removed
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated")
+    parser.add_argument(
+        "--only", help="comma-separated (default: all; fixed only with --auto-layer)"
+    )
     parser.add_argument(
         "--src", type=Path, help="the nixlayer tree to measure (holds nixlayer/; default: this one)"
     )
@@ -1223,7 +1227,8 @@ def main() -> None:
         "fixed": bench_fixed,
     }
     rows: list[Row] = []
-    for name in args.only.split(","):
+    default = [name for name in BENCHMARKS if name != "fixed" or args.auto_layer]
+    for name in args.only.split(",") if args.only else default:
         if name not in benches:
             raise SystemExit(f"bench: --only {name}: expected some of {', '.join(BENCHMARKS)}")
         started = time.perf_counter()
