@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import networkx as nx
 import pytest
 from hypothesis import given, settings
@@ -13,6 +17,7 @@ from nixlayer.graph import build_graph, find_cycle, find_roots, induced, path_gr
 from nixlayer.strategies.reach import indexed
 
 NIX32 = "0123456789abcdfghijklmnpqrsvwxyz"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _path(n: int) -> str:
@@ -94,3 +99,22 @@ def test_induced_keeps_order_and_whole_closure_counts() -> None:
     assert part.references == [1, 0]
     assert part.sources() == [_path(1)]
     assert induced(graph, set(graph.ix.nodes)) is graph
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["plan", "-q", "fixtures/store-closure.json", "-o", "/dev/null"]]
+)
+def test_the_command_line_plans_without_networkx(args: list[str]) -> None:
+    """Importing networkx takes longer than planning a small closure: neither the help
+    nor a plan loads it."""
+    probe = (
+        "import sys\n"
+        "from nixlayer.cli import main\n"
+        f"sys.argv = ['nixlayer', *{args!r}]\n"
+        "try:\n    main()\nexcept SystemExit as stop:\n    assert not stop.code, stop.code\n"
+        "print('networkx' in sys.modules, file=sys.stderr)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert result.stderr.splitlines()[-1] == "False"
