@@ -8,7 +8,6 @@ budget, and settle the image's identity and run config.
 from __future__ import annotations
 
 import os
-import tarfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,8 +15,8 @@ from typing import Any
 
 from nixlayer.closure import DEFAULT_STORE_DIR, Closure
 from nixlayer.customisation import Customisation, customisation_entries, describe
-from nixlayer.errors import NixlayerError, show_path
-from nixlayer.formats import read_image
+from nixlayer.errors import NixlayerError, carried_by, show_path
+from nixlayer.formats import is_image, read_image
 from nixlayer.image import (
     DEFAULT_MTIME,
     MAX_TIMESTAMP,
@@ -89,10 +88,10 @@ def read_base(value: str) -> SourceImage:
     """``--from``: a base image, refused where its config has a field of the wrong type
     (``architecture`` a list, a history entry's ``comment`` a number): consumers refuse
     such a config, and the new image's would carry the same fields."""
-    base = read_image(value, "--from")
+    base = read_image(value)
     problems = config_problems(base.config)
     if problems:
-        raise NixlayerError(f"--from {value}: the config's {problems[0]}")
+        raise NixlayerError(f"{value}: the config's {problems[0]}")
     return base
 
 
@@ -239,27 +238,29 @@ def last_plan(
     if previous is None:
         return None
     return load_layering(
-        previous.value, "--previous", previous.source, strategy, max_layers, provided
+        previous.value, "previous", previous.source, strategy, max_layers, provided
     )
 
 
 def load_layering(
     value: str,
-    flag: str,
+    option: str,
     closure_input: ClosureInput,
     strategy: str,
     max_layers: int,
     provided: frozenset[str] = frozenset(),
 ) -> Plan:
     """A plan JSON, an image nixlayer wrote, or a closure planned here and now (see
-    ``make_plan`` for ``provided``)."""
+    ``make_plan`` for ``provided``); ``option`` carried ``value``."""
     path = Path(value)
     data = _json_or_none(path) if path.is_file() else None
     if Plan.recognise(data):
-        return Plan.from_json(data, f"{flag} {show_path(value)}")
-    is_tar = path.is_file() and tarfile.is_tarfile(path)
-    if path.is_dir() or is_tar or (not path.exists() and ":" in value):
-        return plan_from_image(read_image(value, flag))
+        with carried_by(option):
+            return Plan.from_json(data, show_path(value))
+    if is_image(value):
+        with carried_by(option):
+            image = read_image(value)
+        return plan_from_image(image)
     closure = load_closure(replace(closure_input, file=path), lambda message: None)
     return make_plan(closure, strategy, max_layers, provided=provided)
 

@@ -39,12 +39,14 @@ from nixlayer.customisation import (
     parse_mkdir,
     parse_symlink,
 )
-from nixlayer.errors import NixlayerError, one_line, reason, show_path
+from nixlayer.errors import NixlayerError, carried_by, one_line, reason, show_path
 from nixlayer.fleet import plan_fleet
 from nixlayer.formats import (
     DEFAULT_COMPRESSION,
     FORMATS,
+    Writing,
     default_output,
+    format_named,
     read_image,
     write_image,
 )
@@ -61,6 +63,7 @@ from nixlayer.report import (
     human_size,
     parse_size,
     plan_table,
+    written_line,
 )
 from nixlayer.runconfig import RunFlags
 from nixlayer.settings import DEFAULT_KEY, load_attrs_settings
@@ -335,7 +338,8 @@ def from_closure(
     source = ClosureInput(o.closure_file, o.input_format, o.attrs_key, o.store_dir, o.store_root)
     notes: list[str] = []
     closure = load_closure(source, notes.append)
-    base = None if o.from_image is None else read_base(o.from_image)
+    with carried_by("base"):
+        base = None if o.from_image is None else read_base(o.from_image)
     customisation = Customisation(
         contents=tuple(o.contents or ()),
         link_paths=("/",) if o.link_paths is None else parse_link_paths(o.link_paths),
@@ -359,19 +363,18 @@ def from_closure(
         o.compress_level,
     )
     cache = LayerCache(None if o.no_cache else o.cache_dir or default_cache_dir(dict(os.environ)))
-    with _Progress(sum(layer.size_hint for layer in spec.all_layers), o.quiet) as progress:
-        summary = write_image(
+    with carried_by("image_format"):
+        chosen = format_named(o.image_format)
+    total = sum(layer.size_hint for layer in spec.all_layers)
+    with _Progress(total, o.quiet) as progress, carried_by("output"):
+        written = write_image(
             spec,
-            o.image_format,
+            chosen,
             o.output or default_output(o.image_format),
-            compression,
-            cache,
-            progress.update,
-            progress.layer_done,
-            progress.sized,
-            clobber=not o.no_clobber,
-        )
-    _notes([*notes, f"wrote {summary}"], o.quiet)
+            Writing(compression, cache, not o.no_clobber,
+                    progress.update, progress.layer_done, progress.sized),
+        )  # fmt: skip
+    _notes([*notes, written_line(written)], o.quiet)
 
 
 def _with_attrs_settings(ctx: typer.Context, options: dict[str, Any]) -> dict[str, Any]:
@@ -496,13 +499,14 @@ def plan_command(
         notes.extend(_plan_fleet(closures, closure_files, names, strategy, max_layers))
         _notes(notes, quiet)
         return
-    provided = image_store_paths(read_base(from_image)) if from_image else frozenset()
+    with carried_by("base"):
+        provided = image_store_paths(read_base(from_image)) if from_image else frozenset()
     last_build = LastBuild(previous, sources[0]) if previous else None
     before = last_plan(last_build, strategy, max_layers, provided)
     plan = make_plan(
         closures[0], strategy, max_layers, root or (), before, load_groups(group), provided
     )
-    with atomic_output(output) as out:
+    with carried_by("output"), atomic_output(output) as out:
         out.write(json.dumps(plan.to_json(), indent=2).encode() + b"\n")
     _notes(notes, quiet)
     if not quiet:
@@ -535,7 +539,7 @@ def _plan_fleet(
     """Writes the plans; returns the notes that say what they hold."""
     fleet = plan_fleet(closures, strategy, max_layers)
     notes = []
-    with contextlib.ExitStack() as outputs:  # all or none: they were planned together
+    with carried_by("output"), contextlib.ExitStack() as outputs:  # all or none: planned together
         for name, plan in zip(names, fleet.plans, strict=True):
             out = outputs.enter_context(atomic_output(str(name)))
             out.write(json.dumps(plan.to_json(), indent=2).encode() + b"\n")
@@ -582,8 +586,8 @@ def diff_command(
     """
     limit = parse_size(fail_over, "--fail-over") if fail_over is not None else None
     source = ClosureInput(Path(old), store_root=store_root)
-    before = load_layering(old, "OLD", source, strategy, max_layers)
-    after = load_layering(new, "NEW", source, strategy, max_layers)
+    before = load_layering(old, "old", source, strategy, max_layers)
+    after = load_layering(new, "new", source, strategy, max_layers)
     cost = push_cost(before.layer_sets(), after.layer_sets(), after.sizes())
     print(json.dumps(cost.to_json(), indent=2) if as_json else format_cost(cost))
     if limit is not None and cost.pushed > limit:
@@ -603,7 +607,8 @@ def inspect_command(
     as_json: AsJson = False,
 ) -> None:
     """Show an image's config and, per layer, its digest, size and store paths."""
-    description = describe_image(read_image(image, "IMAGE"))
+    with carried_by("image"):
+        description = describe_image(read_image(image))
     if as_json:
         print(json.dumps(description, indent=2))
     else:

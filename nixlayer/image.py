@@ -76,11 +76,17 @@ class ImageSettings:
 
 @dataclass(frozen=True)
 class SourceImage:
-    """An image read back from disk: a base for ``--from``, or one to inspect."""
+    """An image read back from disk: a base for ``--from``, or one to inspect.
+
+    ``config_digest`` is the sha256 of its config as stored (the image ID that ``docker
+    images`` shows); ``manifest_digest`` that of its OCI manifest as stored (what a
+    registry names it by), None where the format has none (a docker-archive)."""
 
     source: str
     config: dict[str, Any]
     layers: tuple[BlobLayer, ...]
+    config_digest: str
+    manifest_digest: str | None
     repo_tags: tuple[str, ...] = ()
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from nixlayer.errors import NixlayerError, one_line, show_path
 
 if TYPE_CHECKING:
+    from nixlayer.image import WrittenImage
     from nixlayer.measure import PushCost
     from nixlayer.plan import Plan
     from nixlayer.verify import VerifyReport
@@ -122,6 +123,14 @@ def _shown(value: Any) -> str:
     """A field as the config has it: a string as it is, another type (which ``verify``
     reports) as JSON, never as Python would print it."""
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def written_line(image: WrittenImage) -> str:
+    """The note a build ends with: what it wrote where, and how many layers; for a
+    layout folder, which keeps blobs between builds, how many of them were there."""
+    reused = sum(layer.reused for layer in image.layers)
+    kept = f", {reused} reused" if image.image_format == "oci" else ""
+    return f"wrote {image.ref} to {show_path(image.destination)} ({len(image.layers)} layers{kept})"
 
 
 def format_report(report: VerifyReport) -> str:

@@ -403,7 +403,7 @@ def test_base_config_field_of_the_wrong_type(
     assert len(problems) == 1 and f"{field} " in problems[0], problems
     _input_error(_build(small, tmp_path / "out.tar", "--from", image), "--from", field)
     assert not (tmp_path / "out.tar").exists()
-    assert "['" not in format_description(describe_image(read_image(str(image), "IMAGE")))
+    assert "['" not in format_description(describe_image(read_image(str(image))))
 
 
 def test_base_config_without_architecture(small: dict[str, Path], tmp_path: Path) -> None:

@@ -318,7 +318,7 @@ def test_a_last_build_given_as_a_closure_is_planned_as_it_was_built(
     base_file = tmp_path / "base.tar"
     run_ok("from-closure", fixture_store.closure_file, "--store-root", fixture_store.root,
            "-o", base_file)  # fmt: skip
-    base = read_image(str(base_file), "--from")
+    base = read_image(str(base_file))
     old_file = tmp_path / "old.json"
     old_file.write_text(json.dumps(path_info(generate(500))))
     assert load_closure(ClosureInput(old_file), print).paths == synthetic["old"].paths
