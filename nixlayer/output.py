@@ -5,6 +5,9 @@ and renamed over it once complete; a stream (``-``, ``/dev/stdout``, a device, a
 a socket) is written through, and a derivation's own output in place (see
 ``Destination``). What a run adds goes again on every path out, and after ``kill -9``
 too (``removed_if_killed``).
+
+Errors start with the destination as given; which option gave it, the caller says
+(``errors.carried_by("output")``).
 """
 
 from __future__ import annotations
