@@ -18,7 +18,7 @@ whiteout, and exactly the store paths its history lists. It reads docker-archive
 folders and oci-archives (a blob nothing names is a note: the layout allows it), and
 never unpacks anything.
 
-Here are what every image is checked for, in a ``Checker``; what each format's own
+This module holds what every image is checked for (a ``Checker``); what each format's own
 files must be (its manifests, index, descriptors) its module checks (``verify`` of
 ``formats.ImageFormat``), told which by ``formats.detect``. Problems with the image
 are collected in a ``VerifyReport``; only a path that is not an image at all raises

@@ -6,21 +6,27 @@ it wrote (a ``WrittenImage``), and checks its own structure for ``verify``.
     oci_layout       oci: an OCI layout folder, reused blob by blob
     oci_archive      oci-archive: the same layout as one tar (built in scratch first)
 
-The data flows: ``ImageSpec`` → a format's ``write(spec, output, Writing)`` → its
-layout → its destination → ``WrittenImage``; and a path → ``detect`` → a format's
-``read`` → ``SourceImage`` (a base image, ``inspect``), or → ``verify.verify_image``,
-which calls the format's ``verify`` with its ``Checker``.
+The data flows one way each time:
+- writing: ``ImageSpec`` → ``write(spec, output, Writing)`` of the chosen format → its
+  layout (tar members, or OCI blobs and a manifest) → its destination → a
+  ``WrittenImage`` (digests, tag, per-layer sizes and store paths);
+- reading: a path (``PATH:REF``) → ``find_image`` (``detect`` tells the format by
+  content) → that format's ``read`` → a ``SourceImage`` (a base image, ``inspect``,
+  ``diff``); ``verify.verify_image`` goes the same way to the format's ``verify``.
 
 How an image is laid out is kept apart from where it goes. The OCI formats make their
-blobs and manifest in ``oci.write_oci``, which puts them into a ``BlobStore``: a layout
-folder (``oci.LayoutFolder``) for ``oci``, and a folder in scratch for
-``oci-archive``, which then tars it into a stream. docker-archive writes into any
-stream (``docker_archive.write_stream``): a file or a pipe from ``output.atomic_output``.
-A new destination is one more module with the interface below: a registry writes
-with ``oci.write_oci`` into a ``BlobStore`` whose blobs are uploaded by digest and
-whose manifest is put by tag; a daemon streams ``docker_archive.write_stream`` into its
-load endpoint. Add it to ``FORMATS``; ``detect``, ``read`` and ``verify`` may refuse
-what it cannot do (``FOLDER`` and ``detect`` say where images of a format are found).
+blobs and manifest in ``oci.write_oci``, which hands them to a ``BlobStore`` (``has``,
+``new_blob``, ``put``, ``put_manifest``): ``oci`` gives it the layout folder at
+``output`` (``oci.LayoutFolder``); ``oci-archive`` one in scratch, then tars that
+folder into a file or stream. docker-archive writes into any stream
+(``docker_archive.write_stream``); here one from ``output.atomic_output``.
+
+So a new destination is one more module with the interface below, added to
+``FORMATS``: a registry is a ``write`` that runs ``oci.write_oci`` with a store whose
+``has`` asks the registry for a blob, whose ``new_blob`` uploads one by digest and
+whose ``put_manifest`` puts the manifest by tag, last; a daemon is a ``write`` that
+runs ``docker_archive.write_stream`` into its load endpoint. Neither is found on disk:
+their ``detect`` says no to every file, and ``read`` and ``verify`` may refuse.
 
 Errors name the value or file they are about, never a flag: a caller says which option
 carried ``output`` or the path (``errors.carried_by``); errors about what an image's

@@ -178,8 +178,11 @@ def holds_tar(path: Path) -> bool:
                 if not chunk:
                     break
                 header += chunk
+    except READ_ERRORS:
+        return False
+    try:
         tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
-    except (*READ_ERRORS, tarfile.HeaderError):
+    except tarfile.HeaderError:
         return False
     return True
 
