@@ -379,12 +379,13 @@ def write_oci(
 # --- where they go: a layout folder -------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class _FolderBlob:
-    """A ``NewBlob`` of a layout folder: a file written in its blobs folder."""
+    """A ``NewBlob`` of a layout folder: a file written in its blobs folder. (A plain
+    class: a dataclass costs a millisecond to define, on every start.)"""
 
-    layout: LayoutFolder
-    pending: PendingFile
+    def __init__(self, layout: LayoutFolder, pending: PendingFile) -> None:
+        self.layout = layout
+        self.pending = pending
 
     @property
     def file(self) -> BinaryIO:
