@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,47 +35,22 @@ from nixlayer.image import (
 )
 from nixlayer.jsonfile import CLOSURE_SIZED_LIMIT, load_json
 from nixlayer.layers import EntriesLayer, Layer, StoreLayer, layer_store_paths
+from nixlayer.nixinput import closure_file, nix_argument
+from nixlayer.options import ClosureInput, Identity, Layering
 from nixlayer.plan import Plan, PlanLayer, make_plan
 from nixlayer.readers import read_closure
-from nixlayer.runconfig import RunFlags, check_run_config, load_config_file, run_config
+from nixlayer.runconfig import RunConfig, check_run_config, run_config
 from nixlayer.store import check_store_root, with_disk_nar_sizes
 
 
-@dataclass(frozen=True)
-class ClosureInput:
-    """Where the closure comes from and how to read it."""
-
-    file: Path
-    input_format: str | None = None
-    attrs_key: str | None = None
-    store_dir: str | None = None
-    store_root: Path = Path("/")
-
-
-@dataclass(frozen=True)
-class LastBuild:
-    """``--previous``: the last build's plan JSON, image, or closure, a closure read as
-    ``source`` says and planned as that build was (see ``plan_image``)."""
-
-    value: str
-    source: ClosureInput
-
-
-@dataclass(frozen=True)
-class Identity:
-    """The image's name and platform flags, as given (None: not given)."""
-
-    name: str | None = None
-    tag: str | None = None
-    arch: str | None = None
-    created: str | None = None
-    mtime: int | None = None
-
-
 def load_closure(source: ClosureInput, note: Callable[[str], None]) -> Closure:
-    closure = read_closure(source.file, source.input_format, source.attrs_key, source.store_dir)
+    """The closure, with the sizes read from the store on disk where it has none; a
+    store path or an installable is asked of Nix (see ``nixinput``)."""
+    with closure_file(source.closure, source.store_root, source.store_dir) as (file, name):
+        closure = read_closure(file, source.input_format, source.attrs_key, source.store_dir, name)
     if not closure.has_nar_sizes:
-        check_store_root(source.store_root)
+        with carried_by("store_root"):
+            check_store_root(source.store_root)
         note(
             f"{closure.source} has no narSize: reading the sizes from "
             f"{show_path(source.store_root)}"
@@ -85,38 +60,45 @@ def load_closure(source: ClosureInput, note: Callable[[str], None]) -> Closure:
 
 
 def read_base(value: str) -> SourceImage:
-    """``--from``: a base image, refused where its config has a field of the wrong type
+    """A base image, refused where its config has a field of the wrong type
     (``architecture`` a list, a history entry's ``comment`` a number): consumers refuse
     such a config, and the new image's would carry the same fields."""
-    base = read_image(value)
-    problems = config_problems(base.config)
-    if problems:
-        raise NixlayerError(f"{value}: the config's {problems[0]}")
+    with carried_by("base"):
+        base = read_image(value)
+        problems = config_problems(base.config)
+        if problems:
+            raise NixlayerError(f"{value}: the config's {problems[0]}")
     return base
 
 
 def layer_budget(
     max_layers: int, base: SourceImage | None, customised: bool, store: bool = True
 ) -> int:
-    """What the strategy may use: ``--max-layers`` less the base's and ours on top. With
+    """What the strategy may use: ``max_layers`` less the base's and ours on top. With
     ``store`` False (the base holds every store path) the store needs none."""
     if max_layers < 1:
-        raise NixlayerError(f"--max-layers {max_layers}: must be at least 1")
+        raise NixlayerError(f"{max_layers}: must be at least 1", "max_layers")
     taken = (len(base.layers) if base else 0) + customised
     if max_layers - taken < store:
         raise NixlayerError(
-            f"--max-layers {max_layers}: the base image and customisation take {taken}, "
-            "leaving none for the store"
+            f"{max_layers}: the base image and customisation take {taken}, "
+            "leaving none for the store",
+            "max_layers",
         )
     return max_layers - taken
 
 
 def _platform(arch: str | None, base: SourceImage | None) -> tuple[str, str | None]:
+    with carried_by("arch"):
+        return _checked_platform(arch, base)
+
+
+def _checked_platform(arch: str | None, base: SourceImage | None) -> tuple[str, str | None]:
     if base is None:
         return parse_architecture(host_architecture() if arch is None else arch)
     base_platform = (base.config.get("architecture"), base.config.get("variant"))
     if arch is not None and parse_architecture(arch) != base_platform:
-        raise NixlayerError(f"--arch {arch}: the base image {base.source} is {base_platform[0]}")
+        raise NixlayerError(f"{arch}: the base image {base.source} is {base_platform[0]}")
     return base_platform[0], base_platform[1]
 
 
@@ -127,49 +109,52 @@ def image_settings(
     epoch = source_date_epoch(dict(environ))
     default_time = DEFAULT_MTIME if epoch is None else epoch  # 0 is a time, not "unset"
     if identity.mtime is not None and not 0 <= identity.mtime <= MAX_TIMESTAMP:
-        raise NixlayerError(f"--mtime {identity.mtime}: must be from 0 to {MAX_TIMESTAMP}")
+        raise NixlayerError(f"{identity.mtime}: must be from 0 to {MAX_TIMESTAMP}", "mtime")
     # An empty name or tag is refused by its parser, not taken for one not given.
-    name, tag = (default_name(roots), None) if identity.name is None else parse_name(identity.name)
-    if identity.tag is not None and tag not in (None, identity.tag):
-        raise NixlayerError(
-            f"--name {identity.name} and --tag {identity.tag}: two tags; give one of them"
+    with carried_by("name"):
+        name, tag = (
+            (default_name(roots), None) if identity.name is None else parse_name(identity.name)
         )
+        if identity.tag is not None and tag not in (None, identity.tag):
+            raise NixlayerError(
+                f"{identity.name}: a second tag beside the tag {identity.tag}; give one"
+            )
+    with carried_by("tag"):
+        tag = tag if identity.tag is None else parse_tag(identity.tag)
     architecture, variant = _platform(identity.arch, base)
+    with carried_by("created"):
+        created = (
+            timestamp(default_time) if identity.created is None else parse_created(identity.created)
+        )
     return ImageSettings(
         name=name,
-        tag=tag if identity.tag is None else parse_tag(identity.tag),
+        tag=tag,
         architecture=architecture,
         variant=variant,
-        created=timestamp(default_time)
-        if identity.created is None
-        else parse_created(identity.created),
+        created=created,
         mtime=default_time if identity.mtime is None else identity.mtime,
     )
 
 
-def plan_image(
+def store_layers(
     closure: Closure,
     store_root: Path,
     customisation: Customisation,
     base: SourceImage | None,
-    strategy: str,
-    max_layers: int,
-    roots: Sequence[str] = (),
-    previous: LastBuild | None = None,
-    groups: Sequence[Sequence[str]] = (),
+    layering: Layering,
+    closure_input: ClosureInput,
 ) -> tuple[Plan, tuple[Layer, ...]]:
-    """The plan of the store layers, and all of nixlayer's layers bottom first. Store
-    paths a base image nixlayer wrote holds already are not added again. A last build
-    given as a closure is planned with the same base and budget as this one, as it
-    was when it was built."""
-    check_store_root(store_root)
+    """The plan of the store layers, and all of nixlayer's layers bottom first: the
+    budget is what the base and the customisation layer leave of ``max_layers``."""
+    with carried_by("store_root"):
+        check_store_root(store_root)
     root_bytes = os.fsencode(store_root)
     entries = customisation_entries(customisation, closure, root_bytes)
     provided = image_store_paths(base) if base else frozenset()
-    store = not closure.paths.keys() <= provided
-    budget = layer_budget(max_layers, base, bool(entries), store)
-    before = last_plan(previous, strategy, budget, provided)
-    plan = make_plan(closure, strategy, budget, roots, before, groups, provided)
+    budget = layer_budget(
+        layering.max_layers, base, bool(entries), not closure.paths.keys() <= provided
+    )
+    plan = plan_closure(closure, replace(layering, max_layers=budget), provided, closure_input)
     layers: list[Layer] = [
         StoreLayer(layer.paths, root_bytes, closure.store_dir, layer.nar_size)
         for layer in plan.layers
@@ -179,33 +164,34 @@ def plan_image(
     return plan, tuple(layers)
 
 
-def image_run_config(
-    base: SourceImage | None,
-    config_file: Path | None,
-    inline: dict[str, Any] | None,
-    flags: RunFlags,
-) -> dict[str, Any]:
-    """The base's run config, then ``--config FILE``, then settings, then flags."""
+def plan_closure(
+    closure: Closure, layering: Layering, provided: frozenset[str], closure_input: ClosureInput
+) -> Plan:
+    """The one way a closure is planned, for an image or for a plan on its own: store
+    paths a base image holds (``provided``) get no layer, and the last build's layers
+    are kept where they can be. A last build given as a closure is read as this one
+    is and planned with the same base and budget, as it was when it was built."""
+    before = None
+    if layering.previous is not None:
+        with carried_by("previous"):
+            before = load_layering(
+                layering.previous, closure_input, layering.strategy, layering.max_layers, provided
+            )
+    with carried_by("max_layers"):
+        return make_plan(
+            closure, layering.strategy, layering.max_layers, layering.roots, before,
+            layering.groups, provided,
+        )  # fmt: skip
+
+
+def image_run_config(base: SourceImage | None, run: RunConfig) -> dict[str, Any]:
+    """The base's run config, then the config file, the config and the fields given."""
     base_config: dict[str, Any] = {}
     if base is not None:
         base_config = base.config.get("config") or {}
-        check_run_config(base_config, f"--from {base.source}")
-    file_config = load_config_file(config_file) if config_file else {}
-    return run_config(base_config, file_config, inline or {}, flags=flags)
-
-
-def load_groups(path: Path | None) -> list[list[str]]:
-    """``--group FILE``: a JSON list of lists of name globs."""
-    if path is None:
-        return []
-    groups = load_json(path, f"--group {show_path(path)}")
-    if not isinstance(groups, list) or not all(
-        isinstance(g, list) and g and all(isinstance(glob, str) for glob in g) for g in groups
-    ):
-        raise NixlayerError(
-            f'--group {show_path(path)}: expected a list of lists of globs, like [["python3-*"]]'
-        )
-    return groups
+        with carried_by("base"):
+            check_run_config(base_config, base.source)
+    return run_config(base_config, run)
 
 
 def plan_from_image(image: SourceImage) -> Plan:
@@ -231,37 +217,25 @@ def plan_from_image(image: SourceImage) -> Plan:
     return Plan(DEFAULT_STORE_DIR, "image", (), tuple(layers), (note,))
 
 
-def last_plan(
-    previous: LastBuild | None, strategy: str, max_layers: int, provided: frozenset[str]
-) -> Plan | None:
-    """``--previous`` as a plan; a closure is planned with this build's budget and base."""
-    if previous is None:
-        return None
-    return load_layering(
-        previous.value, "previous", previous.source, strategy, max_layers, provided
-    )
-
-
 def load_layering(
     value: str,
-    option: str,
     closure_input: ClosureInput,
     strategy: str,
     max_layers: int,
     provided: frozenset[str] = frozenset(),
 ) -> Plan:
-    """A plan JSON, an image nixlayer wrote, or a closure planned here and now (see
-    ``make_plan`` for ``provided``); ``option`` carried ``value``."""
+    """A plan JSON, an image nixlayer wrote, or a closure read as ``closure_input`` says
+    and planned here and now (see ``make_plan`` for ``provided``): a closure file, or a
+    store path or installable that is no image (see ``nixinput``; ``PATH:REF`` is an
+    image's, a ``#`` an installable's)."""
     path = Path(value)
     data = _json_or_none(path) if path.is_file() else None
     if Plan.recognise(data):
-        with carried_by(option):
-            return Plan.from_json(data, show_path(value))
-    if is_image(value):
-        with carried_by(option):
-            image = read_image(value)
-        return plan_from_image(image)
-    closure = load_closure(replace(closure_input, file=path), lambda message: None)
+        return Plan.from_json(data, show_path(value))
+    for_nix = nix_argument(value, closure_input.store_root, closure_input.store_dir) is not None
+    if is_image(value, any_folder=not for_nix):
+        return plan_from_image(read_image(value))
+    closure = load_closure(replace(closure_input, closure=value), lambda message: None)
     return make_plan(closure, strategy, max_layers, provided=provided)
 
 

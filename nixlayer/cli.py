@@ -7,56 +7,29 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from typer.exceptions import TyperException as UsageProblem
 
+import nixlayer
 from nixlayer import version
-from nixlayer.build import (
-    ClosureInput,
-    Identity,
-    LastBuild,
-    image_run_config,
-    image_settings,
-    last_plan,
-    load_closure,
-    load_groups,
-    load_layering,
-    plan_image,
-    read_base,
-)
-from nixlayer.cache import LayerCache, default_cache_dir
-from nixlayer.closure import DEFAULT_STORE_DIR, Closure
-from nixlayer.compression import parse_compression
-from nixlayer.customisation import (
-    Customisation,
-    parse_add,
-    parse_link_paths,
-    parse_mkdir,
-    parse_symlink,
-)
+from nixlayer.closure import DEFAULT_STORE_DIR
 from nixlayer.errors import NixlayerError, carried_by, one_line, reason, show_path
-from nixlayer.fleet import plan_fleet
-from nixlayer.formats import (
-    DEFAULT_COMPRESSION,
-    FORMATS,
-    Writing,
-    default_output,
-    format_named,
-    read_image,
-    write_image,
+from nixlayer.formats import FORMATS
+from nixlayer.image import WHOLE_NUMBER
+from nixlayer.options import (
+    DEFAULT_MAX_LAYERS,
+    DEFAULT_STRATEGY,
+    ClosureInput,
+    Layering,
+    options_from_fields,
 )
-from nixlayer.image import WHOLE_NUMBER, ImageSpec, image_store_paths
-from nixlayer.inspect import describe_image
-from nixlayer.measure import push_cost
-from nixlayer.output import atomic_output
-from nixlayer.plan import make_plan
 from nixlayer.readers import INPUT_FORMATS
 from nixlayer.report import (
+    fleet_notes,
     format_cost,
     format_description,
     format_report,
@@ -65,9 +38,8 @@ from nixlayer.report import (
     plan_table,
     written_line,
 )
-from nixlayer.runconfig import RunFlags
-from nixlayer.settings import DEFAULT_KEY, load_attrs_settings
-from nixlayer.strategies import DEFAULT_STRATEGY, STRATEGIES
+from nixlayer.settings import DEFAULT_KEY, Settings, load_attrs_settings
+from nixlayer.strategies import STRATEGIES
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -145,12 +117,13 @@ def _whole_number(value: str | int) -> int:
 
 
 ClosureArg = Annotated[
-    Path,
+    str,
     typer.Argument(
         help="The closure: `nix path-info --json --recursive` output, a structured-attrs "
-        "file or exportReferencesGraph text; - for stdin.",
+        "file or exportReferencesGraph text; - for stdin. Or, with nix on PATH, a store "
+        "path, a ./result link or an installable (.#app): nix path-info reads its closure.",
         show_default=False,
-        parser=_PATH,
+        parser=_TEXT_PATH,
         metavar="CLOSURE",
     ),
 ]
@@ -313,7 +286,7 @@ def from_closure(
     store_dir: StoreDir = None,
     store_root: StoreRoot = Path("/"),
     root: Roots = None,
-    max_layers: MaxLayers = 100,
+    max_layers: MaxLayers = DEFAULT_MAX_LAYERS,
     strategy: StrategyOpt = DEFAULT_STRATEGY,
     previous: Previous = None,
     group: Groups = None,
@@ -330,68 +303,80 @@ def from_closure(
     ] = DEFAULT_KEY,
 ) -> None:
     """Build an image from a closure and the store on disk."""
-    # The arguments as typer converted them (ctx.params holds click's raw strings before
-    # typer 0.29); first, while the only locals are the arguments.
-    given = {name: value for name, value in locals().items() if name != "ctx"}
-    o = SimpleNamespace(**given, inline_config=None)
-    o.__dict__.update(_with_attrs_settings(ctx, given))
-    source = ClosureInput(o.closure_file, o.input_format, o.attrs_key, o.store_dir, o.store_root)
-    notes: list[str] = []
-    closure = load_closure(source, notes.append)
-    with carried_by("base"):
-        base = None if o.from_image is None else read_base(o.from_image)
-    customisation = Customisation(
-        contents=tuple(o.contents or ()),
-        link_paths=("/",) if o.link_paths is None else parse_link_paths(o.link_paths),
-        adds=tuple(map(parse_add, o.add or ())),
-        directories=tuple(map(parse_mkdir, o.mkdir or ())),
-        symlinks=tuple(map(parse_symlink, o.symlink or ())),
-    )
-    flags = RunFlags(o.cmd, o.entrypoint, o.env or (), o.expose or (), o.workdir,
-                     o.volume or (), o.user, o.label or (), o.stop_signal)  # fmt: skip
-    run = image_run_config(base, o.config, o.inline_config, flags)
-    last_build = None if o.previous is None else LastBuild(o.previous, source)
-    plan, layers = plan_image(
-        closure, o.store_root, customisation, base, o.strategy, o.max_layers, o.root or (),
-        last_build, load_groups(None if o.group is None else Path(o.group)),
-    )  # fmt: skip
-    notes.extend(plan.notes)
-    identity = Identity(o.name, o.tag, o.arch, o.created, o.mtime)
-    spec = ImageSpec(image_settings(identity, plan.roots, base, os.environ), run, layers, base)
-    compression = parse_compression(
-        DEFAULT_COMPRESSION.get(o.image_format, "none") if o.compress is None else o.compress,
-        o.compress_level,
-    )
-    cache = LayerCache(None if o.no_cache else o.cache_dir or default_cache_dir(dict(os.environ)))
-    with carried_by("image_format"):
-        chosen = format_named(o.image_format)
-    total = sum(layer.size_hint for layer in spec.all_layers)
-    with _Progress(total, o.quiet) as progress, carried_by("output"):
-        written = write_image(
-            spec,
-            chosen,
-            o.output or default_output(o.image_format),
-            Writing(compression, cache, not o.no_clobber,
-                    progress.update, progress.layer_done, progress.sized),
-        )  # fmt: skip
-    _notes([*notes, written_line(written)], o.quiet)
+    given = _given_fields(ctx)
+    named = _flag_of
+    if settings_from_attrs:
+        if closure_file == "-":
+            raise NixlayerError(
+                "--settings-from-attrs: reads the closure's file a second time, so the "
+                "closure cannot come from stdin (-); give the .attrs.json file's path"
+            )
+        with _worded(named):
+            settings = load_attrs_settings(Path(closure_file), settings_key)
+        given = {**settings.values, **given}
+        named = _named_by(settings)
+    with _worded(named):
+        source, options = options_from_fields(given)
+        notes: list[str] = []
+        with _Progress(quiet) as progress:
+            built = nixlayer.build_image(source, options, progress, notes.append)
+    _notes([*notes, *built.plan.notes, written_line(built.image)], quiet)
 
 
-def _with_attrs_settings(ctx: typer.Context, options: dict[str, Any]) -> dict[str, Any]:
-    """With --settings-from-attrs, the file's settings for options not given here."""
-    if not options["settings_from_attrs"]:
-        return {}
-    settings = load_attrs_settings(options["closure_file"], options["settings_key"])
-    return {
-        name: value
-        for name, value in settings.items()
-        if name == "inline_config" or _source(ctx, name) != "COMMANDLINE"
-    }
+# The typer parameters of from-closure whose API option field has another name; the
+# flags that turn an option off (--no-cache) give the field the opposite value.
+_FIELDS = {
+    "closure_file": "closure",
+    "output": "path",
+    "compress": "compression",
+    "config": "config_file",
+    "from_image": "base",
+    "root": "roots",
+    "group": "groups",
+    "volume": "volumes",
+    "label": "labels",
+    "add": "adds",
+    "mkdir": "directories",
+    "symlink": "symlinks",
+}
+_NEGATED = {"no_cache": "use_cache", "no_clobber": "clobber"}
+_NOT_OPTIONS = ("quiet", "settings_from_attrs", "settings_key")
 
 
-def _source(ctx: typer.Context, name: str) -> str | None:
-    source = ctx.get_parameter_source(name)
-    return source.name if source is not None else None
+def _given_fields(ctx: typer.Context) -> dict[str, Any]:
+    """The options given on the command line, by API field name: a default is left to
+    the API (and to the settings file). The values as typer converted them (ctx.params
+    holds click's raw strings before typer 0.29)."""
+    given: dict[str, Any] = {}
+    for name, value in ctx.params.items():
+        source = ctx.get_parameter_source(name)
+        if name in _NOT_OPTIONS or source is None or source.name != "COMMANDLINE":
+            continue
+        if name in _NEGATED:
+            given[_NEGATED[name]] = not value
+        else:
+            given[_FIELDS.get(name, name)] = value
+    return given
+
+
+def _named_by(settings: Settings) -> Callable[[str], str]:
+    """How an error names an option: by its flag, or where the settings file gave it."""
+
+    def name(option: str) -> str:
+        return settings.name_of(option) if option in settings.values else _flag_of(option)
+
+    return name
+
+
+@contextlib.contextmanager
+def _worded(name_of: Callable[[str], str]) -> Iterator[None]:
+    """Errors about an option's value name it as ``name_of`` does."""
+    try:
+        yield
+    except NixlayerError as error:
+        if error.option is None:
+            raise
+        raise NixlayerError(error.worded(name_of)) from None
 
 
 class _Progress:
@@ -399,13 +384,16 @@ class _Progress:
     created otherwise: it makes a lock in /dev/shm, where a Nix build must not write;
     nor imported, which would cost every scripted run its startup time."""
 
-    def __init__(self, total: int, quiet: bool) -> None:
+    def __init__(self, quiet: bool) -> None:
         self.bar: tqdm | None = None
-        if not quiet and sys.stderr.isatty():
+        self.quiet = quiet
+        self.layers = 0
+
+    def start(self, total: int) -> None:
+        if not self.quiet and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="B", unit_scale=True)
-        self.layers = 0
 
     def update(self, count: int) -> None:
         if self.bar is not None:
@@ -436,12 +424,13 @@ class _Progress:
 
 @app.command("plan")
 def plan_command(
+    ctx: typer.Context,
     closure_files: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(
-            help="The closure (with --fleet: several); - for stdin.",
+            help="The closure (with --fleet: several), as from-closure reads it; - for stdin.",
             show_default=False,
-            parser=_PATH,
+            parser=_TEXT_PATH,
             metavar="CLOSURE...",
         ),
     ],
@@ -462,7 +451,7 @@ def plan_command(
     store_dir: StoreDir = None,
     store_root: StoreRoot = Path("/"),
     root: Roots = None,
-    max_layers: MaxLayers = 100,
+    max_layers: MaxLayers = DEFAULT_MAX_LAYERS,
     strategy: StrategyOpt = DEFAULT_STRATEGY,
     previous: Previous = None,
     group: Groups = None,
@@ -487,71 +476,26 @@ def plan_command(
         given = [flag for flag, value in one_image.items() if value]
         if given:
             raise NixlayerError(f"{given[0]}: not with --fleet (it is for one image)")
-        names = _fleet_plan_names(closure_files, Path(output))
-    elif len(closure_files) != 1:
-        raise NixlayerError("plan: give one closure, or several with --fleet")
-    sources = [
-        ClosureInput(f, input_format, attrs_key, store_dir, store_root) for f in closure_files
-    ]
+    given = _given_fields(ctx)
     notes: list[str] = []
-    closures = [load_closure(source, notes.append) for source in sources]
-    if fleet:
-        notes.extend(_plan_fleet(closures, closure_files, names, strategy, max_layers))
-        _notes(notes, quiet)
-        return
-    with carried_by("base"):
-        provided = image_store_paths(read_base(from_image)) if from_image else frozenset()
-    last_build = LastBuild(previous, sources[0]) if previous else None
-    before = last_plan(last_build, strategy, max_layers, provided)
-    plan = make_plan(
-        closures[0], strategy, max_layers, root or (), before, load_groups(group), provided
-    )
-    with carried_by("output"), atomic_output(output) as out:
-        out.write(json.dumps(plan.to_json(), indent=2).encode() + b"\n")
+    with _worded(_flag_of):
+        _, options = options_from_fields({**given, "closure": closure_files[0]})
+        layering = options.layering
+        sources = [ClosureInput(file, input_format, attrs_key, store_dir, store_root)
+                   for file in closure_files]  # fmt: skip
+        if fleet:
+            files = nixlayer.fleet_plan_files(closure_files, output)
+            planned = nixlayer.plan_fleet(sources, layering, notes.append)
+            nixlayer.save_plans(dict(zip(files, planned.plans, strict=True)))
+            _notes([*notes, *fleet_notes(closure_files, planned)], quiet)
+            return
+        if len(closure_files) != 1:
+            raise NixlayerError("plan: give one closure, or several with --fleet")
+        plan = nixlayer.plan_image(sources[0], layering, from_image, notes.append)
+        nixlayer.save_plans({output: plan})
     _notes(notes, quiet)
     if not quiet:
         print(plan_table(plan), file=sys.stderr)
-
-
-def _fleet_plan_names(files: list[Path], folder: Path) -> list[Path]:
-    """Where each closure's plan goes: ``<stem>.plan.json`` in ``folder``, or, where
-    stems repeat (a.json and b/a.json), named after their folders too."""
-    if not folder.is_dir():
-        raise NixlayerError(
-            f"-o {show_path(folder)}: --fleet writes one plan per closure into a folder"
-        )
-    stems = [file.stem for file in files]
-    if len(set(stems)) < len(stems):
-        stems = ["-".join(file.with_suffix("").parts[-2:]) for file in files]
-    for file, stem in zip(files, stems, strict=True):
-        if stems.count(stem) > 1:
-            raise NixlayerError(
-                f"{show_path(file)}: another closure's plan would also be "
-                f"{show_path(stem)}.plan.json"
-            )
-    return [folder / f"{stem}.plan.json" for stem in stems]
-
-
-def _plan_fleet(
-    closures: list[Closure], files: list[Path], names: list[Path], strategy: str,
-    max_layers: int,
-) -> list[str]:  # fmt: skip
-    """Writes the plans; returns the notes that say what they hold."""
-    fleet = plan_fleet(closures, strategy, max_layers)
-    notes = []
-    with carried_by("output"), contextlib.ExitStack() as outputs:  # all or none: planned together
-        for name, plan in zip(names, fleet.plans, strict=True):
-            out = outputs.enter_context(atomic_output(str(name)))
-            out.write(json.dumps(plan.to_json(), indent=2).encode() + b"\n")
-            out.flush()  # a full disk fails here, before any plan takes its name
-    for file, plan in zip(files, fleet.plans, strict=True):
-        notes.append(f"{show_path(file)}: {len(plan.layers)} layers")
-    share = 100 * fleet.shared_bytes / fleet.ceiling if fleet.ceiling else 100.0
-    notes.append(
-        f"shared layers hold {human_size(fleet.shared_bytes)} of the "
-        f"{human_size(fleet.ceiling)} of paths in more than one image ({share:.1f} %)"
-    )
-    return notes
 
 
 @app.command("diff")
@@ -577,18 +521,18 @@ def diff_command(
         ),
     ] = None,
     store_root: StoreRoot = Path("/"),
-    max_layers: MaxLayers = 100,
+    max_layers: MaxLayers = DEFAULT_MAX_LAYERS,
     strategy: StrategyOpt = DEFAULT_STRATEGY,
 ) -> None:
     """What changes between two builds' layers, and what pushing the new one costs.
 
     Closures are planned here with --strategy and --max-layers.
     """
-    limit = parse_size(fail_over, "--fail-over") if fail_over is not None else None
-    source = ClosureInput(Path(old), store_root=store_root)
-    before = load_layering(old, "old", source, strategy, max_layers)
-    after = load_layering(new, "new", source, strategy, max_layers)
-    cost = push_cost(before.layer_sets(), after.layer_sets(), after.sizes())
+    with _worded(_flag_of):
+        with carried_by("fail_over"):
+            limit = parse_size(fail_over) if fail_over is not None else None
+        layering = Layering(strategy=strategy, max_layers=max_layers)
+        cost = nixlayer.diff_builds(old, new, layering, store_root)
     print(json.dumps(cost.to_json(), indent=2) if as_json else format_cost(cost))
     if limit is not None and cost.pushed > limit:
         pushed = f"{human_size(cost.pushed)} ({cost.pushed} bytes)"
@@ -607,8 +551,8 @@ def inspect_command(
     as_json: AsJson = False,
 ) -> None:
     """Show an image's config and, per layer, its digest, size and store paths."""
-    with carried_by("image"):
-        description = describe_image(read_image(image))
+    with _worded(_flag_of):
+        description = nixlayer.describe_image(image)
     if as_json:
         print(json.dumps(description, indent=2))
     else:
@@ -624,9 +568,7 @@ def verify_command(
 ) -> None:
     """Re-read an image as consumers would: every digest, size and diff_id, every layer
     member and config field, and the layers merged; exit 1 on a problem."""
-    from nixlayer.verify import verify_image  # only this command needs it
-
-    report = verify_image(image)
+    report = nixlayer.verify_image(image)
     print(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
     if not report.ok:
         sys.exit(1)

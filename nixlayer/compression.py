@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from nixlayer.errors import NixlayerError
+from nixlayer.errors import NixlayerError, carried_by
 
 ALGORITHMS = ("none", "gzip", "zstd")
 DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
@@ -79,14 +79,16 @@ def magic_compression(head: bytes) -> str | None:
 
 
 def parse_compression(algorithm: str, level: int | None) -> Compression:
-    if algorithm not in ALGORITHMS:
-        raise NixlayerError(f"--compress {algorithm}: expected one of {', '.join(ALGORITHMS)}")
-    if level is not None:
-        if algorithm == "none":
-            raise NixlayerError("--compress-level needs --compress gzip or zstd")
-        low, high = LEVEL_RANGES[algorithm]
-        if not low <= level <= high:
-            raise NixlayerError(f"--compress-level {level}: {algorithm} takes {low} to {high}")
+    with carried_by("compression"):
+        if algorithm not in ALGORITHMS:
+            raise NixlayerError(f"{algorithm}: expected one of {', '.join(ALGORITHMS)}")
+    with carried_by("compress_level"):
+        if level is not None:
+            if algorithm == "none":
+                raise NixlayerError(f"{level}: needs gzip or zstd compression")
+            low, high = LEVEL_RANGES[algorithm]
+            if not low <= level <= high:
+                raise NixlayerError(f"{level}: {algorithm} takes {low} to {high}")
     return Compression(algorithm, level)
 
 

@@ -49,7 +49,8 @@ class NixlayerError(Exception):
         alone where it is about what a file holds (``in_a_file``)."""
         if self.option is None or self.in_file:
             return self.message
-        return f"{name_of(self.option)} {self.message}"
+        space = "" if self.message.startswith(":") else " "  # ": empty": no value to show
+        return f"{name_of(self.option)}{space}{self.message}"
 
 
 @contextmanager

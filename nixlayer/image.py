@@ -148,7 +148,7 @@ def parse_architecture(value: str) -> tuple[str, str | None]:
     ``uname -m`` name, as the config's ``architecture`` and ``variant``."""
     key = value.removesuffix("-linux")
     if key not in _ARCHITECTURES:
-        raise NixlayerError(f"--arch {value}: unknown architecture")
+        raise NixlayerError(f"{value}: unknown architecture")
     return _ARCHITECTURES[key]
 
 
@@ -159,19 +159,17 @@ def host_architecture() -> str:
 def parse_name(value: str) -> tuple[str, str | None]:
     """``NAME[:TAG]``; a colon before the last slash belongs to a registry's port."""
     if "@" in value:
-        raise NixlayerError(
-            f"--name {value}: an image's digest follows from its content; give NAME[:TAG]"
-        )
+        raise NixlayerError(f"{value}: an image's digest follows from its content; give NAME[:TAG]")
     name, tag = value, None
     if value.rfind(":") > value.rfind("/"):
         name, tag = value.rsplit(":", 1)
     if not _NAME.fullmatch(name):
         raise NixlayerError(
-            f"--name {value}: not a valid image name (lowercase, like app or "
+            f"{value}: not a valid image name (lowercase, like app or "
             "registry.example:5000/team/app)"
         )
     if tag is not None and not _TAG.fullmatch(tag):
-        raise NixlayerError(f"--name {value}: {tag!r} is not a valid tag")
+        raise NixlayerError(f"{value}: {tag!r} is not a valid tag")
     return name, tag
 
 
@@ -186,7 +184,7 @@ def qualified_name(reference: str) -> str:
 
 def parse_tag(value: str) -> str:
     if not _TAG.fullmatch(value):
-        raise NixlayerError(f"--tag {value}: not a valid tag (letters, digits, _ . -)")
+        raise NixlayerError(f"{value}: not a valid tag (letters, digits, _ . -)")
     return value
 
 
@@ -328,15 +326,12 @@ def parse_created(value: str) -> str:
     match = _RFC3339.fullmatch(value)
     if match is None:
         if _RFC3339.fullmatch(value + "Z"):
-            raise NixlayerError(f"--created {value}: give a time zone, e.g. Z or +02:00")
-        raise NixlayerError(
-            f"--created {value}: not an RFC 3339 time (like 2024-05-01T12:00:00Z) or 'now'"
-        )
+            raise NixlayerError(f"{value}: give a time zone, e.g. Z or +02:00")
+        raise NixlayerError(f"{value}: not an RFC 3339 time (like 2024-05-01T12:00:00Z) or 'now'")
     *fields, sign, hours, minutes = match.groups()
     year, month, day, hour, minute, second = map(int, fields)
     out_of_range = NixlayerError(
-        f"--created {value}: out of range: must be from 0001-01-01T00:00:00Z "
-        "to 9999-12-31T23:59:59Z"
+        f"{value}: out of range: must be from 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
     )
     if not year:
         raise out_of_range
@@ -347,7 +342,7 @@ def parse_created(value: str) -> str:
         zone = timezone(-offset if sign == "-" else offset)
         moment = datetime(year, month, day, hour, minute, second, tzinfo=zone)
     except ValueError as error:
-        raise NixlayerError(f"--created {value}: not a valid time: {error}") from None
+        raise NixlayerError(f"{value}: not a valid time: {error}") from None
     try:
         return timestamp(moment)
     except OverflowError:

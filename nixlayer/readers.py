@@ -72,14 +72,16 @@ def read_closure(
     input_format: str | None = None,
     attrs_key: str | None = None,
     store_dir: str | None = None,
+    name: str | None = None,
 ) -> Closure:
     """Read the closure in ``path`` (``-`` for stdin) and check it.
 
     ``input_format`` forces one of ``INPUT_FORMATS`` (None: detect it); ``attrs_key``
     picks the exportReferencesGraph list in an ``.attrs.json`` (it implies ``attrs``);
-    ``store_dir`` is the store directory the user asked for, None if they did not.
+    ``store_dir`` is the store directory the user asked for, None if they did not;
+    ``name`` is what messages call the input (None: its path, or ``<stdin>``).
     """
-    source = "<stdin>" if path == _STDIN else show_path(path)
+    source = name or ("<stdin>" if path == _STDIN else show_path(path))
     shape = _check_options(input_format, attrs_key)
     with no_cycle_collection(), _open_input(path, source) as file:
         parsed = _parse(TextWindow(file, source), shape, attrs_key, source)

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from nixlayer.errors import NixlayerError, one_line, show_path
 
 if TYPE_CHECKING:
+    import os
+
+    from nixlayer.fleet import FleetPlan
     from nixlayer.image import WrittenImage
     from nixlayer.measure import PushCost
     from nixlayer.plan import Plan
@@ -36,7 +40,7 @@ _SIZE_UNITS = {"": 0, "b": 0, "k": 1, "kib": 1, "m": 2, "mib": 2, "g": 3, "gib":
 _SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+) ?([a-z]*)", re.ASCII | re.IGNORECASE)
 
 
-def parse_size(value: str, flag: str) -> int:
+def parse_size(value: str) -> int:
     """A number of bytes as people write it and the tables print it: ``1000``,
     ``10M``, ``10MiB``, ``1.5 GiB``, ``10 KiB`` (binary units; a fraction of a byte is
     dropped)."""
@@ -45,7 +49,7 @@ def parse_size(value: str, flag: str) -> int:
     match = _SIZE.fullmatch(value.strip())
     if not match or match[2].lower() not in _SIZE_UNITS:
         raise NixlayerError(
-            f"{flag} {value}: not a size (bytes, or a number and K, M, G, T or KiB, "
+            f"{value}: not a size (bytes, or a number and K, M, G, T or KiB, "
             "MiB, GiB, TiB: units of 1024)"
         )
     return int(Decimal(match[1]) * 1024 ** _SIZE_UNITS[match[2].lower()])
@@ -144,3 +148,17 @@ def format_report(report: VerifyReport) -> str:
     lines += [f"  problem: {one_line(problem)}" for problem in report.problems]
     lines += [f"  note: {one_line(note)}" for note in report.notes]
     return "\n".join(lines)
+
+
+def fleet_notes(closures: Sequence[str | os.PathLike[str]], fleet: FleetPlan) -> list[str]:
+    """What a fleet's plans hold: each image's layers, and how much the shared layers share."""
+    notes = [
+        f"{show_path(closure)}: {len(plan.layers)} layers"
+        for closure, plan in zip(closures, fleet.plans, strict=True)
+    ]
+    share = 100 * fleet.shared_bytes / fleet.ceiling if fleet.ceiling else 100.0
+    notes.append(
+        f"shared layers hold {human_size(fleet.shared_bytes)} of the "
+        f"{human_size(fleet.ceiling)} of paths in more than one image ({share:.1f} %)"
+    )
+    return notes

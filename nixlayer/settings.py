@@ -2,13 +2,14 @@
 
 A Nix function passes its arguments as one attribute (``nixlayer`` by default) of
 the same ``.attrs.json`` that holds the closure, keyed by the command line's option
-names, so that its builder needs no long command line. Options given on the command
-line win over these.
+names (``max-layers``, ``from``), so that its builder needs no long command line.
+Each becomes the API option field it stands for (``max_layers``, ``base``); options
+given on the command line win over these.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,32 @@ _KINDS = {
     ),
     **dict.fromkeys(("cmd", "entrypoint"), "command"),
 }
-_PARAMETERS = {"from": "from_image", "format": "image_format"}
+# The settings whose API option field is not the setting's name with underscores.
+_FIELDS = {
+    "from": "base",
+    "format": "image_format",
+    "compress": "compression",
+    "group": "groups",
+    "root": "roots",
+    "volume": "volumes",
+    "label": "labels",
+    "add": "adds",
+    "mkdir": "directories",
+    "symlink": "symlinks",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings as API option fields → values, and where they were read."""
+
+    values: dict[str, Any]
+    where: str  # the file and attribute, as a message shows them
+
+    def name_of(self, option: str) -> str:
+        """How a message names the setting that gave an option: by its key in the file."""
+        key = next((k for k, f in _FIELDS.items() if f == option), option.replace("_", "-"))
+        return f"{self.where}: {key!r}"
 
 
 def _checked(key: str, value: Any, where: str) -> Any:
@@ -64,34 +90,27 @@ def _checked(key: str, value: Any, where: str) -> Any:
     if kind == "command" and isinstance(value, str):
         return value
     if kind == "command" and json_strings(value):
-        return json.dumps(value)
+        return value
     raise NixlayerError(f"{where}: {key!r} must be {kind.replace('strings', 'a list of strings')}")
 
 
-def load_attrs_settings(path: Path, key: str = DEFAULT_KEY) -> dict[str, Any]:
-    """The settings as CLI parameter names → values; ``config`` (an OCI ``config``
-    object) comes back as ``inline_config``. The closure on stdin cannot be read
-    again for them: that is refused."""
-    if path == Path("-"):
-        raise NixlayerError(
-            "--settings-from-attrs: reads the closure's file a second time, so the closure "
-            "cannot come from stdin (-); give the .attrs.json file's path"
-        )
-    attrs = load_json(path, f"--settings-from-attrs {show_path(path)}", CLOSURE_SIZED_LIMIT)
+def load_attrs_settings(path: Path, key: str = DEFAULT_KEY) -> Settings:
+    """The settings in attribute ``key`` of a structured-attrs file; ``config`` is an
+    OCI ``config`` object."""
+    attrs = load_json(path, show_path(path), CLOSURE_SIZED_LIMIT)
     where = f"{show_path(path)}: attribute {key!r}"
     settings = attrs.get(key) if isinstance(attrs, dict) else None
     if not isinstance(settings, dict):
         raise NixlayerError(f"{where} is missing or not an object of settings")
-    parameters: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for name, value in settings.items():
         if value is None:
             continue  # Nix's null: not set
         if name == "config":
             check_run_config(value, f"{where}, config")
-            parameters["inline_config"] = value
+            values["config"] = value
         elif name in _KINDS:
-            parameter = _PARAMETERS.get(name, name.replace("-", "_"))
-            parameters[parameter] = _checked(name, value, where)
+            values[_FIELDS.get(name, name.replace("-", "_"))] = _checked(name, value, where)
         else:
             raise NixlayerError(f"{where}: unknown setting {name!r}")
-    return parameters
+    return Settings(values, where)

@@ -143,9 +143,9 @@ def walk_tree(disk_root: bytes, name_root: bytes) -> Iterator[Entry]:
 
 
 def check_store_root(store_root: str | os.PathLike[str]) -> None:
-    """``--store-root`` is a folder: else every store path would be "missing"."""
+    """The store root is a folder: else every store path would be "missing"."""
     if not os.path.isdir(store_root):
-        raise NixlayerError(f"--store-root {show_path(store_root)}: {missing_folder(store_root)}")
+        raise NixlayerError(f"{show_path(store_root)}: {missing_folder(store_root)}", "store_root")
 
 
 def walk_store_path(store_root: bytes, store_path: str) -> Iterator[Entry]:

@@ -6,14 +6,10 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from consumers import (
-    FixtureStore,
-    ImageBuilds,
-    Tools,
-    load_fixture_generator,
-    podman,
-    write_json,
-)
+from support.builds import ImageBuilds
+from support.run import write_json
+from support.stores import FixtureStore, load_fixture_generator
+from support.tools import Tools, podman
 
 
 @pytest.fixture(scope="session")

@@ -13,17 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from consumers import (
-    FixtureStore,
-    Tools,
-    compare_tree,
-    read_docker_archive,
-    read_oci_layout,
-    run_nixlayer,
-    run_ok,
-    skopeo_copy_to_oci,
-    umoci_unpack,
-)
+from support.archives import read_docker_archive, read_oci_layout
+from support.run import run_nixlayer, run_ok
+from support.stores import FixtureStore
+from support.tools import Tools, skopeo_copy_to_oci, umoci_unpack
+from support.trees import compare_tree
 
 
 @pytest.fixture(scope="module")

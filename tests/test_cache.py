@@ -7,8 +7,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from consumers import run_ok
-from test_hostile import _small_store
+from support.handmade import small_store as _small_store
+from support.run import run_ok
 from test_hostile_output import _args, _blob, _image_blobs
 
 from nixlayer.cache import LayerCache, default_cache_dir

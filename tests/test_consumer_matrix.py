@@ -53,19 +53,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consumers import (
+from support.archives import (
     CONTAINERD_NAME,
     REF_NAME,
-    ImageBuilds,
-    Tools,
     decompress,
     docker_reference,
-    podman,
     read_docker_archive,
-    run_ok,
     sha256_hex,
-    tool_stdout,
 )
+from support.builds import ImageBuilds
+from support.run import run_ok
+from support.tools import Tools, podman, tool_stdout
 
 NAME = "nixlayer-matrix:v1"  # no registry: the usual ``--name app:v1``
 QUALIFIED = "registry.example/nixlayer/matrix:v1"  # with a registry

@@ -33,16 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from consumers import (
-    BuiltImage,
-    DaemonFailed,
-    ImageBuilds,
-    docker_reference,
-    remove_daemon_state,
-    running_daemon,
-    sha256_hex,
-    tool_stdout,
-)
+from support.archives import docker_reference, sha256_hex
+from support.builds import BuiltImage, ImageBuilds
+from support.daemons import DaemonFailed, remove_daemon_state, running_daemon
+from support.tools import tool_stdout
 
 NAME = "nixlayer-containerd:v1"  # no registry: the usual ``--name app:v1``
 QUALIFIED = "registry.example/nixlayer/containerd:v1"

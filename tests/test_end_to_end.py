@@ -11,23 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consumers import (
-    FIXTURES,
+from support.archives import (
     DockerArchive,
-    FixtureStore,
-    Tools,
-    compare_tree,
     layer_file,
     layer_members,
-    load_fixture_generator,
     read_docker_archive,
-    run_nixlayer,
-    run_ok,
     sha256_hex,
-    store_entry_names,
-    unpack_image,
-    write_json,
 )
+from support.run import FIXTURES, run_nixlayer, run_ok, write_json
+from support.stores import FixtureStore, load_fixture_generator
+from support.tools import Tools, unpack_image
+from support.trees import compare_tree, store_entry_names
 
 ZLIB_LIB = "lib/libz.so.1"  # hard-linked to lib/libz.so.1.3.1, same store path
 ZLIB_LIB_TWIN = "lib/libz.so.1.3.1"

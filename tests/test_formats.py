@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consumers import FixtureStore, run_nixlayer, run_ok
+from support.run import run_nixlayer, run_ok
+from support.stores import FixtureStore
 
 from nixlayer.cache import LayerCache
 from nixlayer.compression import (

@@ -12,17 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from consumers import (
-    FixtureStore,
-    Tools,
-    copy_fixture_store,
-    layer_members,
-    read_docker_archive,
-    run_nixlayer,
-    run_ok,
-    skopeo_inspect_config,
-)
-from test_hostile import Store, _input_error
+from support.archives import layer_members, read_docker_archive
+from support.handmade import Store
+from support.handmade import input_error as _input_error
+from support.run import run_nixlayer, run_ok
+from support.stores import FixtureStore, copy_fixture_store
+from support.tools import Tools, skopeo_inspect_config
 from test_settings import _attrs_file
 
 from nixlayer.errors import NixlayerError
@@ -191,13 +186,13 @@ def test_created_that_is_not_rfc_3339_is_refused(value: str) -> None:
 
 def test_an_empty_created_is_refused_not_taken_for_unset(store: Store, tmp_path: Path) -> None:
     out = tmp_path / "image.tar"
-    _input_error(store.build(out, "--created", ""), "--created : not an RFC 3339 time")
+    _input_error(store.build(out, "--created", ""), "--created: not an RFC 3339 time")
     assert not out.exists()
 
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("", "'created' is empty"), ("0001-01-01T00:00:00+01:00", "--created 0001")],
+    [("", "'created' is empty"), ("0001-01-01T00:00:00+01:00", "'created' 0001")],
 )
 def test_created_from_the_settings_is_checked_like_the_flag(
     fixture_store: FixtureStore, tmp_path: Path, value: str, message: str

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consumers import nixlayer_command, run_ok
-from test_hostile import _input_error
+from support.handmade import input_error as _input_error
+from support.run import nixlayer_command, run_ok
 
 from nixlayer.cli import main
 from nixlayer.errors import NixlayerError

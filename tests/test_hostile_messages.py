@@ -13,8 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from consumers import nixlayer_command, run_nixlayer, run_ok
-from test_hostile import Store, _input_error
+from support.handmade import Store
+from support.handmade import input_error as _input_error
+from support.run import nixlayer_command, run_nixlayer, run_ok
 
 LONGEST_LINE = 600  # two shortened paths and the words around them; PATH_MAX is 4096
 

@@ -6,7 +6,9 @@ A symlink given as ``-o`` stays: the file it leads to gets the output, and one t
 leads to a descriptor (``/proc/self/fd/N``, as ``/dev/stdout`` does), a pipe or a
 socket is written through. Writing in place is for a derivation's own output only.
 An OCI layout written into trusts no blob by its name, keeps nothing of a run that
-failed, and refuses a folder whose ``oci-layout`` file is not a layout's.
+failed, and refuses a folder whose ``oci-layout`` file is not a layout's. A full disk,
+a read-only folder or a folder that does not exist is one error line, and leaves
+nothing; a file in the way is replaced atomically, or kept with ``--no-clobber``.
 
 The real ``/dev/stdout`` is never used as ``-o`` here: a nixlayer that replaced it
 would replace it for the whole machine.
@@ -17,18 +19,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from consumers import nixlayer_command, run_nixlayer, run_ok
-from test_hostile import P1, P2, P3, Store, _entry, _input_error, _small_store
+from support.handmade import P1, P2, P3, Store
+from support.handmade import entry as _entry
+from support.handmade import input_error as _input_error
+from support.handmade import leftovers as _leftovers
+from support.handmade import small_store as _small_store
+from support.run import nixlayer_command, run_nixlayer, run_ok
 
+from nixlayer.errors import NixlayerError
+from nixlayer.output import atomic_output
 from nixlayer.report import format_report
 from nixlayer.verify import verify_image
 
@@ -415,3 +426,162 @@ def test_a_layout_file_that_is_not_a_layouts_is_refused(tmp_path: Path, content:
     result = run_nixlayer(*_args(store, "--format", "oci", "-o", out))
     _input_error(result, f"-o {out}", "oci-layout")
     assert os.listdir(out) == ["oci-layout"]
+
+
+# --- outputs ------------------------------------------------------------------------
+
+
+def _destination(folder: Path, image_format: str) -> Path:
+    return folder / ("image" if image_format == "oci" else "image.tar")
+
+
+@pytest.fixture
+def mount_point(tmp_path: Path) -> Iterator[tuple[Path, Any]]:
+    """A folder and a function that mounts a small tmpfs on it (root only); unmounted
+    at the end whatever happens."""
+    point = tmp_path / "mnt"
+    point.mkdir()
+    mounted = []
+
+    def mount(options: str) -> Path:
+        if os.geteuid() != 0 or not shutil.which("mount"):
+            pytest.skip("mounting a tmpfs needs root")
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode()}")
+        mounted.append(point)
+        return point
+
+    yield point, mount
+    for done in mounted:
+        subprocess.run(["umount", "-l", str(done)], check=False)
+
+
+@pytest.mark.parametrize("image_format", ["docker-archive", "oci", "oci-archive"])
+def test_full_disk(mount_point: tuple[Path, Any], tmp_path: Path, image_format: str) -> None:
+    """A 1 MiB tmpfs and a 4 MiB image: exit 2 with one line naming -o and the
+    folder, and no temporary file left to fill the disk further."""
+    _, mount = mount_point
+    folder = mount("size=1m")
+    store = _small_store(tmp_path)
+    out = _destination(folder, image_format)
+    result = store.build(out, "--format", image_format, "--compress", "none", "--no-cache")
+    _input_error(result, "-o ", str(folder), "No space left on device")
+    assert not (out / "index.json").exists() if image_format == "oci" else not out.exists()
+    leftovers = [str(p) for p in folder.rglob(".nixlayer-*")]
+    assert leftovers == [], leftovers
+
+
+def test_full_disk_while_a_base_layer_is_copied(
+    mount_point: tuple[Path, Any], tmp_path: Path
+) -> None:
+    """An OCI image copies a base's compressed layers as stored: a full disk then is
+    the folder's problem, not a damaged base."""
+    _, mount = mount_point
+    store = _small_store(tmp_path)
+    base = tmp_path / "base"
+    assert store.build(base, "--format", "oci", "--compress", "gzip").returncode == 0
+    folder = mount("size=1m")
+    result = store.build(folder / "image", "--format", "oci", "--from", base, "--no-cache")
+    _input_error(result, "-o ", str(folder), "No space left on device")
+    assert [str(p) for p in folder.rglob(".nixlayer-*")] == []
+
+
+@pytest.mark.parametrize("image_format", ["docker-archive", "oci", "oci-archive"])
+def test_read_only_folder(mount_point: tuple[Path, Any], tmp_path: Path, image_format: str) -> None:
+    _, mount = mount_point
+    folder = mount("ro,size=1m")
+    result = _small_store(tmp_path, 1024).build(
+        _destination(folder, image_format), "--format", image_format
+    )
+    _input_error(result, "-o ", str(folder), "Read-only file system")
+
+
+def test_folder_that_does_not_exist(tmp_path: Path) -> None:
+    store = _small_store(tmp_path, 1024)
+    out = tmp_path / "missing" / "image.tar"
+    _input_error(store.build(out), f"-o {out}", "does not exist")
+    _input_error(store.build(tmp_path), f"-o {tmp_path}", "is a folder")
+
+
+def test_existing_file_is_replaced_atomically(tmp_path: Path) -> None:
+    """The old image is replaced by a rename, not overwritten in place: a hard link
+    to the old file still holds the old bytes, and the new file gets the umask's mode."""
+    store = _small_store(tmp_path, 1024)
+    out = tmp_path / "image.tar"
+    out.write_bytes(b"the previous image")
+    os.link(out, tmp_path / "previous")
+    result = run_nixlayer(
+        "from-closure", store.closure(), "--store-root", store.root, "-o", out, "-q", umask=0o027
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "previous").read_bytes() == b"the previous image"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert verify_image(str(out)).ok
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("before", ["no-folder", "empty-folder", "layout"])
+def test_a_failed_oci_write_removes_what_it_created(tmp_path: Path, before: str) -> None:
+    """A store path missing on disk stops the build after other layers were written:
+    a layout that was not there before goes again (with the folders made for it),
+    an empty folder is left empty, and an existing layout is as it was."""
+    store = _small_store(tmp_path)
+    target = tmp_path / "out"
+    out = target / "sub" / "image" if before == "no-folder" else target
+    if before == "empty-folder":
+        target.mkdir()
+    if before == "layout":
+        assert store.build(out, "--format", "oci", "--no-cache").returncode == 0
+    store.add("gone", "2")  # in the closure, not on disk
+    store.closure()
+    kept = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = store.build(out, "--format", "oci", "--no-cache")
+    _input_error(result, "does not exist on disk")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == kept
+
+
+@pytest.mark.parametrize("image_format", ["docker-archive", "oci", "oci-archive"])
+def test_no_clobber_refuses_an_existing_image(tmp_path: Path, image_format: str) -> None:
+    store = _small_store(tmp_path, 1024)
+    out = _destination(tmp_path, image_format)
+    assert store.build(out, "--format", image_format, "--no-cache").returncode == 0
+    before = sorted((p, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file())
+    result = store.build(out, "--format", image_format, "--no-clobber", "--no-cache")
+    _input_error(result, f"-o {out}", "exists already")
+    assert sorted((p, p.read_bytes()) for p in tmp_path.rglob("*") if p.is_file()) == before
+    fresh = tmp_path / "fresh" / out.name
+    fresh.parent.mkdir()
+    assert store.build(fresh, "--format", image_format, "--no-clobber").returncode == 0
+    assert verify_image(str(fresh)).ok
+
+
+def test_no_clobber_holds_when_the_file_appears_during_the_write(tmp_path: Path) -> None:
+    """The check before the write is not the only one: a file that appears meanwhile
+    is kept, and the new one is dropped, because the name is taken by ``link``."""
+    out = tmp_path / "image.tar"
+    refused = pytest.raises(NixlayerError, match="exists already")
+    with refused, atomic_output(str(out), clobber=False) as file:
+        file.write(b"new")
+        out.write_bytes(b"someone else's")
+    assert out.read_bytes() == b"someone else's"
+    assert os.listdir(tmp_path) == ["image.tar"]
+
+
+def test_a_named_pipe_as_destination_is_written_into_not_replaced(tmp_path: Path) -> None:
+    """As ``-o /dev/null`` must be: a file renamed over it would replace the device."""
+    store = _small_store(tmp_path, 1024)
+    expected = tmp_path / "image.tar"
+    assert store.build(expected, "--no-cache").returncode == 0
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    result = store.build(fifo, "--no-cache")
+    reader.join(timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert received == [expected.read_bytes()]

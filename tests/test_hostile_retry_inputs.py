@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_hostile import _input_error
+from support.handmade import input_error as _input_error
 from test_hostile_inputs import _build, _docker_archive_with, _layout_copy, run, small
 
 from nixlayer.errors import NixlayerError

@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 import pytest
-from consumers import Tools, nixlayer_command, unpack_image
-from test_hostile import _input_error, _small_store
+from support.handmade import input_error as _input_error
+from support.handmade import small_store as _small_store
+from support.run import nixlayer_command
+from support.tools import Tools, unpack_image
 from test_hostile_names import ONE, OURS, TWO, _archive, _layer, _member, _store_layer
 
 from nixlayer.verify import verify_image

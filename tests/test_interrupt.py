@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from consumers import nixlayer_command, run_ok
+from support.run import nixlayer_command, run_ok
 
 from nixlayer.report import format_report
 from nixlayer.verify import verify_image

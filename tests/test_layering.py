@@ -12,17 +12,19 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
-from consumers import FixtureStore, run_nixlayer, run_ok
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.run import run_nixlayer, run_ok
+from support.stores import FixtureStore
 
-from nixlayer.build import ClosureInput, LastBuild, load_closure, plan_image
+from nixlayer.build import load_closure, store_layers
 from nixlayer.closure import Closure, RawEntry, make_closure
 from nixlayer.customisation import Customisation
 from nixlayer.errors import NixlayerError
 from nixlayer.fleet import plan_fleet
 from nixlayer.formats import read_image
 from nixlayer.measure import push_cost
+from nixlayer.options import ClosureInput, Layering
 from nixlayer.plan import PLAN_VERSION, Plan, make_plan
 from nixlayer.strategies import STRATEGIES
 from nixlayer.strategies.auto import auto
@@ -222,7 +224,7 @@ def test_fleet_on_the_command_line(tmp_path: Path) -> None:
     [
         (["--root", "/nix/store/x"], "--root: not with --fleet"),
         (["--group", "g.json"], "--group: not with --fleet"),
-        (["-o", "a-file"], "-o a-file: --fleet writes one plan per closure into a folder"),
+        (["-o", "a-file"], "-o a-file: a fleet's plans go into a folder, one per closure"),
         (["same"], "another closure's plan would also be"),
     ],
     ids=["root", "group", "output-not-a-folder", "same-name"],
@@ -323,13 +325,13 @@ def test_a_last_build_given_as_a_closure_is_planned_as_it_was_built(
     old_file.write_text(json.dumps(path_info(generate(500))))
     assert load_closure(ClosureInput(old_file), print).paths == synthetic["old"].paths
 
-    def plan(closure: Closure, previous: LastBuild | None = None) -> Plan:
-        return plan_image(closure, Path("/"), Customisation(), base, "cochange", 100, (), previous)[
-            0
-        ]
+    def plan(closure: Closure, previous: str | None = None) -> Plan:
+        layering = Layering(previous=previous)
+        source = ClosureInput(old_file)
+        return store_layers(closure, Path("/"), Customisation(), base, layering, source)[0]
 
     old = plan(synthetic["old"])
-    new = plan(synthetic["app"], LastBuild(str(old_file), ClosureInput(old_file)))
+    new = plan(synthetic["app"], str(old_file))
     assert len(old.layers) <= 92
     assert sum(s in new.layer_sets() for s in old.layer_sets()) == len(old.layers) - 1
 

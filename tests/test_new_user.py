@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consumers import REPO, FixtureStore, read_docker_archive, run_nixlayer, run_ok
-from test_hostile import _input_error
+from support.archives import read_docker_archive
+from support.handmade import input_error as _input_error
+from support.run import REPO, run_nixlayer, run_ok
+from support.stores import FixtureStore
 
 from nixlayer import cli
 from nixlayer.layers import written_by_nixlayer
@@ -140,7 +142,7 @@ def test_diff_json_numbers_layers_as_the_table(fixture_store: FixtureStore, tmp_
      ("10 KiB", 10240), ("2k", 2048), ("0", 0), ("7 B", 7)],
 )  # fmt: skip
 def test_sizes_as_the_tables_print_them(given: str, size: int) -> None:
-    assert parse_size(given, "--fail-over") == size
+    assert parse_size(given) == size
 
 
 @pytest.mark.parametrize("given", ["10MB", "-1", "1e3", "", "ten", "10 M B", "\u0661\u0660"])
@@ -206,7 +208,7 @@ def test_a_docker_archive_has_no_ref(fixture_store: FixtureStore, tmp_path: Path
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["--name", "a:b", "--tag", "c"], ["--name a:b", "--tag c"]),
+        (["--name", "a:b", "--tag", "c"], ["--name a:b", "the tag c"]),
         (["--name", f"a@sha256:{'0' * 64}"], ["--name", "digest"]),
     ],
 )

@@ -18,18 +18,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from consumers import (
-    FIXTURES,
-    FixtureStore,
-    NixClosure,
-    Tools,
-    build_closure,
-    compare_tree,
-    run_nix,
-    run_ok,
-    sha256_hex,
-    unpack_image,
-)
+from support.archives import sha256_hex
+from support.nix import NixClosure, build_closure, run_nix
+from support.run import FIXTURES, run_ok
+from support.stores import FixtureStore
+from support.tools import Tools, unpack_image
+from support.trees import compare_tree
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +134,7 @@ def capture(dest: Path) -> None:
     (dest / "README").write_text(
         f"Made with {version} on {system} by `python tests/test_nix.py {dest}`: path-info.json "
         "is `nix path-info --json --recursive --closure-size` of the app in the CLOSURE_NIX "
-        "of tests/consumers.py; attrs.json and references-graph.txt are the outputs of its "
+        "of tests/support/nix.py; attrs.json and references-graph.txt are the outputs of its "
         "__structuredAttrs and exportReferencesGraph derivations.\n",
         encoding="utf-8",
     )

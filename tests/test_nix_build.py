@@ -23,21 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consumers import (
-    REPO,
-    NixClosure,
-    Tools,
-    build_closure,
-    compare_store,
-    compare_tree,
-    nix_missing,
-    run_nix,
-    run_ok,
-    sha256_hex,
-    skopeo_inspect_config,
-    umoci_unpack,
-    unpack_image,
-)
+from support.archives import sha256_hex
+from support.nix import NixClosure, build_closure, nix_missing, run_nix
+from support.run import REPO, run_ok
+from support.tools import Tools, skopeo_inspect_config, umoci_unpack, unpack_image
+from support.trees import compare_store, compare_tree
 
 pytestmark = pytest.mark.skipif(nix_missing() is not None, reason=nix_missing() or "")
 

@@ -10,17 +10,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from consumers import (
-    FixtureStore,
-    Tools,
-    _run_tool,
-    app_update,
-    compare_tree,
-    copy_fixture_store,
-    run_nixlayer,
-    run_ok,
-    umoci_unpack,
-)
+from support.run import run_nixlayer, run_ok
+from support.stores import FixtureStore, app_update, copy_fixture_store
+from support.tools import Tools, _run_tool, umoci_unpack
+from support.trees import compare_tree
 
 from nixlayer.compression import CompressedStream, Compression
 

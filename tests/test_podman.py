@@ -14,16 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from consumers import (
+from support.archives import docker_reference
+from support.run import run_ok, write_json
+from support.stores import (
     FixtureStore,
     ReferenceImages,
     build_reference_images,
-    docker_reference,
     load_fixture_generator,
-    podman,
-    run_ok,
-    write_json,
 )
+from support.tools import podman
 
 BUSYBOX = Path("/bin/busybox")
 BUSYBOX_NAME = "busybox-static"

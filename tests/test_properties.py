@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consumers import Tools, compare_tree, run_ok, unpack_image
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from support.run import run_ok
+from support.tools import Tools, unpack_image
+from support.trees import compare_tree
 
 from nixlayer.closure import Closure
 from nixlayer.errors import NixlayerError

@@ -20,29 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consumers import (
-    FIXTURES,
+from support.archives import (
     DockerArchive,
-    ReferenceImages,
-    Tools,
-    build_reference_images,
-    closure_nar_size,
-    compare_store,
     docker_reference,
     layer_file,
     layer_file_bytes,
     layer_members,
-    load_script,
     read_docker_archive,
-    resolve_in,
-    run_nixlayer,
-    run_ok,
-    skopeo_inspect_config,
-    store_file_bytes,
     stored_twice,
-    unpack_image,
-    write_json,
 )
+from support.run import FIXTURES, load_script, run_nixlayer, run_ok, write_json
+from support.stores import ReferenceImages, build_reference_images, closure_nar_size
+from support.tools import Tools, skopeo_inspect_config, unpack_image
+from support.trees import compare_store, resolve_in, store_file_bytes
 
 REFERENCE = FIXTURES / "reference"
 GENERATOR = load_script("make_reference_stores")

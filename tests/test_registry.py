@@ -21,22 +21,12 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
-from consumers import (
-    DaemonFailed,
-    FixtureStore,
-    ImageBuilds,
-    OciImage,
-    Tools,
-    app_update,
-    copy_fixture_store,
-    free_port,
-    http_status,
-    read_oci_layout,
-    run_ok,
-    running_daemon,
-    tool_stdout,
-    write_json,
-)
+from support.archives import OciImage, read_oci_layout
+from support.builds import ImageBuilds
+from support.daemons import DaemonFailed, free_port, http_status, running_daemon
+from support.run import run_ok, write_json
+from support.stores import FixtureStore, app_update, copy_fixture_store
+from support.tools import Tools, tool_stdout
 
 REPOSITORY = "nixlayer/app"
 ATTEMPTS = 3  # ports tried, should another process take the free one first

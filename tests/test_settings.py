@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from consumers import FixtureStore, read_docker_archive, run_nixlayer, run_ok
+from support.archives import read_docker_archive
+from support.run import run_nixlayer, run_ok
+from support.stores import FixtureStore
 
 from nixlayer.errors import NixlayerError
 from nixlayer.settings import load_attrs_settings
@@ -66,7 +68,7 @@ def test_bad_settings(
     assert not (tmp_path / "x.tar").exists()
 
 
-def test_an_mtime_from_the_settings_is_checked_like_the_flag(
+def test_an_mtime_from_the_settings_is_checked_like_the_flag_and_named_by_its_key(
     fixture_store: FixtureStore, tmp_path: Path
 ) -> None:
     """A millisecond timestamp would not fit a tar header's mtime field."""
@@ -76,19 +78,18 @@ def test_an_mtime_from_the_settings_is_checked_like_the_flag(
         "--store-root", fixture_store.root, "-o", tmp_path / "x.tar",
     )  # fmt: skip
     assert result.returncode == 2
-    assert (
-        result.stderr == b"nixlayer: error: --mtime 1700000000000: must be from 0 to 8589934591\n"
+    where = f"{attrs}: attribute 'nixlayer': 'mtime'"
+    assert result.stderr.decode() == (
+        f"nixlayer: error: {where} 1700000000000: must be from 0 to 8589934591\n"
     )
     assert not (tmp_path / "x.tar").exists()
 
 
-def test_commands_may_be_lists_and_options_keep_their_names(
-    fixture_store: FixtureStore, tmp_path: Path
-) -> None:
+def test_settings_become_option_fields(fixture_store: FixtureStore, tmp_path: Path) -> None:
     settings = {"cmd": ["uvicorn", "main:app"], "entrypoint": "/bin/sh", "from": "base.tar"}
     loaded = load_attrs_settings(_attrs_file(fixture_store, tmp_path, settings))
-    assert loaded == {
-        "cmd": '["uvicorn", "main:app"]',
+    assert loaded.values == {
+        "cmd": ["uvicorn", "main:app"],
         "entrypoint": "/bin/sh",
-        "from_image": "base.tar",
+        "base": "base.tar",
     }

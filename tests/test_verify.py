@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from consumers import ImageBuilds, Tools, run_nixlayer
+from support.builds import ImageBuilds
+from support.run import run_nixlayer
+from support.tools import Tools
 
 from nixlayer.errors import NixlayerError
 from nixlayer.report import format_report

@@ -1,6 +1,6 @@
 # The images tests/test_nix_build.py builds with a real Nix: nixlayer's Nix core
 # (../build-image.nix), evaluated without nixpkgs, over the small closure of
-# CLOSURE_NIX (tests/consumers.py), with the nixlayer of this checkout.
+# CLOSURE_NIX (tests/support/nix.py), with the nixlayer of this checkout.
 {
   # A Nix file that evaluates to { app, … }: the test closure (CLOSURE_NIX).
   closure,

@@ -116,17 +116,19 @@ def not_an_image(path: Path) -> str:
     return "no such image file or folder" if kind == "nothing" else f"{kind}, not an image"
 
 
-def is_image(value: str) -> bool:
-    """Whether ``value`` names an image rather than another kind of file (a closure, a
-    plan): a folder, a tar (compressed as a whole or not: only its first header is
-    read), or ``PATH:REF`` where nothing has the whole name. Which format it is, and
-    whether it is a whole one, ``detect`` says."""
+def is_image(value: str, any_folder: bool = True) -> bool:
+    """Whether ``value`` names an image rather than another kind of input (a closure, a
+    plan, an installable): a tar (compressed as a whole or not: only its first header
+    is read), a folder (unless ``any_folder`` is False, only one a folder format
+    detects, such as an OCI layout), or ``PATH:REF`` where nothing has the whole name
+    (a ``#`` is an installable's, never in a ref). Which format it is, and whether it
+    is a whole one, ``find_image`` says."""
     path = Path(value)
     if path.is_dir():
-        return True
+        return any_folder or detect(folder_files(path), folder=True) is not None
     if path.is_file():
         return holds_tar(path)
-    return not path.exists() and ":" in value
+    return not path.exists() and ":" in value and "#" not in value
 
 
 def detect(files: ImageFiles, folder: bool) -> ImageFormat | None:

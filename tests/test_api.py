@@ -1,0 +1,74 @@
+"""The public Python API: what ``import nixlayer`` offers, the README's example run as
+it is written, and errors that name the option that carried a wrong value."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.run import REPO, write_json
+from support.stores import FixtureStore
+
+import nixlayer
+from nixlayer.options import options_from_fields
+
+
+def test_every_exported_name_resolves_and_the_package_loads_nothing_until_asked() -> None:
+    """``import nixlayer`` is cheap: the API and the graph library load on first use."""
+    probe = (
+        "import sys, nixlayer; "
+        "print(sorted(m for m in ('networkx', 'nixlayer.api') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert loaded.stdout.strip() == "[]", loaded.stderr
+    for name in nixlayer.__all__:
+        assert getattr(nixlayer, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        nixlayer.nope  # noqa: B018
+
+
+def test_py_typed_is_shipped() -> None:
+    assert (REPO / "nixlayer" / "py.typed").is_file()
+
+
+def test_plan_image_returns_the_plan_the_cli_writes(
+    fixture_store: FixtureStore, tmp_path: Path
+) -> None:
+    plan = nixlayer.plan_image(fixture_store.closure_file, nixlayer.Layering(max_layers=3))
+    assert len(plan.layers) == 3
+    assert sum(len(layer.paths) for layer in plan.layers) == len(fixture_store.entries)
+    nixlayer.save_plans({str(tmp_path / "plan.json"): plan})
+    cost = nixlayer.diff_builds(str(tmp_path / "plan.json"), str(tmp_path / "plan.json"))
+    assert cost.pushed == 0 and cost.reuse_percent == 100.0
+
+
+def test_an_error_names_the_value_and_the_option_that_carried_it(
+    fixture_store: FixtureStore,
+) -> None:
+    with pytest.raises(nixlayer.NixlayerError) as raised:
+        nixlayer.plan_image(fixture_store.closure_file, nixlayer.Layering(max_layers=0))
+    assert (raised.value.option, raised.value.message) == ("max_layers", "0: must be at least 1")
+    assert str(raised.value) == "max_layers 0: must be at least 1"
+    assert "--" not in str(raised.value)
+
+
+def test_options_from_fields_parse_values_as_people_write_them(tmp_path: Path) -> None:
+    groups = write_json(tmp_path / "groups.json", [["python3-*"]])
+    source, options = options_from_fields({
+        "closure": "c.json", "cmd": '["a", "b"]', "entrypoint": ["/bin/sh"],
+        "adds": ["./x:/srv:0644"], "directories": ["/tmp:1777"], "groups": str(groups),
+        "link_paths": "/bin,/etc", "max_layers": 7,
+    })  # fmt: skip
+    assert source == nixlayer.ClosureInput("c.json")
+    assert options.run.cmd == ("a", "b") and options.run.entrypoint == ("/bin/sh",)
+    assert options.customisation.adds == (nixlayer.AddFiles(Path("./x"), "/srv", 0o644),)
+    assert options.customisation.directories == (nixlayer.MakeDirectory("/tmp", 0o1777),)
+    assert options.customisation.link_paths == ("/bin", "/etc")
+    assert options.layering == nixlayer.Layering(max_layers=7, groups=(("python3-*",),))
+    with pytest.raises(nixlayer.NixlayerError) as raised:
+        options_from_fields({"closure": "c.json", "directories": ["tmp"]})
+    assert raised.value.option == "directories"
+    assert re.match(r"tmp: expected DEST", raised.value.message)
