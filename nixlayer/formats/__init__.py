@@ -92,10 +92,6 @@ def format_named(name: str) -> ImageFormat:
     return FORMATS[name]
 
 
-def default_output(name: str) -> str:
-    return FORMATS[name].DEFAULT_OUTPUT if name in FORMATS else docker_archive.DEFAULT_OUTPUT
-
-
 def path_and_ref(value: str) -> tuple[Path, str | None]:
     """``PATH``, or ``PATH:REF`` for one image of an OCI layout or oci-archive that
     holds several. A ref has colons of its own (``app:v1``), and so may a path: the
