@@ -15,7 +15,7 @@ from typing import Any
 
 from nixlayer.closure import DEFAULT_STORE_DIR, Closure
 from nixlayer.customisation import Customisation, customisation_entries, describe
-from nixlayer.errors import NixlayerError, carried_by, show_path
+from nixlayer.errors import NixlayerError, carried_by, in_a_file, show_path
 from nixlayer.formats import is_image, read_image
 from nixlayer.image import (
     DEFAULT_MTIME,
@@ -46,7 +46,10 @@ from nixlayer.store import check_store_root, with_disk_nar_sizes
 def load_closure(source: ClosureInput, note: Callable[[str], None]) -> Closure:
     """The closure, with the sizes read from the store on disk where it has none; a
     store path or an installable is asked of Nix (see ``nixinput``)."""
-    with closure_file(source.closure, source.store_root, source.store_dir) as (file, name):
+    with (
+        closure_file(source.closure, source.store_root, source.store_dir) as (file, name),
+        in_a_file(),  # its errors name the file
+    ):
         closure = read_closure(file, source.input_format, source.attrs_key, source.store_dir, name)
     if not closure.has_nar_sizes:
         with carried_by("store_root"):

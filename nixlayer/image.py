@@ -125,6 +125,28 @@ class WrittenImage:
     def ref(self) -> str:
         return f"{self.name}:{self.tag}"
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``from-closure --json`` prints: the fields, the layers bottom first."""
+        return {
+            "format": self.image_format,
+            "destination": self.destination,
+            "name": self.name,
+            "tag": self.tag,
+            "manifest_digest": self.manifest_digest,
+            "config_digest": self.config_digest,
+            "layers": [
+                {
+                    "digest": layer.digest,
+                    "diff_id": layer.diff_id,
+                    "size": layer.size,
+                    "media_type": layer.media_type,
+                    "store_paths": list(layer.store_paths),
+                    "reused": layer.reused,
+                }
+                for layer in self.layers
+            ],
+        }
+
 
 @dataclass(frozen=True)
 class ImageSpec:
