@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,33 @@ def test_json_is_refused_where_stdout_takes_the_image(
         result.stderr
         == b"nixlayer: error: --json: -o - is standard output, which takes the image\n"
     )
+
+
+def _readme_block(section: str, language: str) -> str:
+    """The first ``language`` code block of the README's ``section``."""
+    text = (REPO / "README.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    found = re.search(rf"```{language}\n(.*?)```", body, re.DOTALL)
+    assert found, f"no {language} block in the README's {section} section"
+    return found[1]
+
+
+def test_the_readme_python_example_builds_the_image_it_shows(
+    fixture_store: FixtureStore, tools: Tools, tmp_path: Path
+) -> None:
+    """Run as it is written, in a folder laid out as the checkout after Try it; its
+    output is the README's, and skopeo reads the image it wrote."""
+    shutil.copytree(fixture_store.root, tmp_path / "fixtures" / "store", symlinks=True)
+    shutil.copy(fixture_store.closure_file, tmp_path / "fixtures" / "store-closure.json")
+    example = tmp_path / "example.py"
+    example.write_text(_readme_block("Python", "python"))
+    ran = subprocess.run([sys.executable, example], cwd=tmp_path, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == _readme_block("Python", "text")
+    config = json.loads(subprocess.run(
+        [tools.skopeo, "inspect", "--config", f"docker-archive:{tmp_path / 'image.tar'}"],
+        capture_output=True, check=True,
+    ).stdout)  # fmt: skip
+    app = "/nix/store/3zcs07xwki8d83hggymk33l4hy14hk5s-app-1.0/bin/app"
+    assert config["config"]["Cmd"] == [app]
+    assert len(config["rootfs"]["diff_ids"]) == 4
