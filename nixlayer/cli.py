@@ -33,12 +33,11 @@ from nixlayer.report import (
     format_cost,
     format_description,
     format_report,
-    human_size,
-    parse_size,
     plan_table,
     written_line,
 )
 from nixlayer.settings import DEFAULT_KEY, Settings, load_attrs_settings
+from nixlayer.sizes import human_size, parse_size
 from nixlayer.strategies import STRATEGIES
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from nixlayer.errors import NixlayerError
 from nixlayer.gcpause import no_cycle_collection
 from nixlayer.graph import build_graph, find_roots, induced
 from nixlayer.jsonstream import show_json
-from nixlayer.report import human_size
+from nixlayer.sizes import human_size
 from nixlayer.strategies import STRATEGIES
 
 PLAN_VERSION = 1
