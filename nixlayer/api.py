@@ -33,7 +33,7 @@ from nixlayer.compression import parse_compression
 from nixlayer.errors import NixlayerError, carried_by, show_path
 from nixlayer.fleet import FleetPlan
 from nixlayer.fleet import plan_fleet as _plan_fleet
-from nixlayer.formats import DEFAULT_COMPRESSION, default_output, write_image
+from nixlayer.formats import DEFAULT_COMPRESSION, Writing, format_named, write_image
 from nixlayer.formats import read_image as _read_image
 from nixlayer.image import ImageSpec, SourceImage, WrittenImage, image_store_paths
 from nixlayer.inspect import describe_image as _describe_image
@@ -113,10 +113,9 @@ def plan_fleet(closures: Sequence[ClosureLike], layering: Layering = Layering(),
 def save_plans(plans: Mapping[str, Plan]) -> None:
     """Each plan as JSON to its file (``-``: stdout); all or none, as they were planned
     together: a full disk fails before any plan takes its name."""
-    with contextlib.ExitStack() as outputs:
+    with carried_by("output"), contextlib.ExitStack() as outputs:
         for destination, plan in plans.items():
-            with carried_by("output"):
-                out = outputs.enter_context(atomic_output(destination))
+            out = outputs.enter_context(atomic_output(destination))
             out.write(json.dumps(plan.to_json(), indent=2).encode() + b"\n")
             out.flush()
 
@@ -168,17 +167,18 @@ def build_image(
     compression = parse_compression(algorithm, output.compress_level)
     cache_dir = default_cache_dir(dict(environ)) if output.cache_dir is None else output.cache_dir
     cache = LayerCache(cache_dir if output.use_cache else None)
+    with carried_by("image_format"):
+        image_format = format_named(output.image_format)
     if progress is not None:
         progress.start(sum(layer.size_hint for layer in spec.all_layers))
-    written = write_image(
-        spec,
-        output.image_format,
-        default_output(output.image_format) if output.path is None else output.path,
-        compression,
-        cache,
-        *((progress.update, progress.layer_done, progress.sized) if progress else ()),
-        clobber=output.clobber,
-    )
+    told = (progress.update, progress.layer_done, progress.sized) if progress else ()
+    with carried_by("output"):
+        written = write_image(
+            spec,
+            image_format,
+            image_format.DEFAULT_OUTPUT if output.path is None else output.path,
+            Writing(compression, cache, output.clobber, *told),
+        )
     return BuiltImage(written, plan)
 
 
@@ -198,7 +198,8 @@ def diff_builds(
 
 def read_image(image: str) -> SourceImage:
     """A docker-archive, OCI layout or oci-archive (``PATH:REF`` for one of several)."""
-    return _read_image(image)
+    with carried_by("image"):
+        return _read_image(image)
 
 
 def describe_image(image: str) -> dict[str, object]:

@@ -8,7 +8,6 @@ budget, and settle the image's identity and run config.
 from __future__ import annotations
 
 import os
-import tarfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -16,9 +15,8 @@ from typing import Any
 
 from nixlayer.closure import DEFAULT_STORE_DIR, Closure
 from nixlayer.customisation import Customisation, customisation_entries, describe
-from nixlayer.errors import NixlayerError, carried_by, show_path
-from nixlayer.formats import read_image
-from nixlayer.formats.oci import LAYOUT
+from nixlayer.errors import NixlayerError, carried_by, in_a_file, show_path
+from nixlayer.formats import is_image, read_image
 from nixlayer.image import (
     DEFAULT_MTIME,
     MAX_TIMESTAMP,
@@ -48,7 +46,10 @@ from nixlayer.store import check_store_root, with_disk_nar_sizes
 def load_closure(source: ClosureInput, note: Callable[[str], None]) -> Closure:
     """The closure, with the sizes read from the store on disk where it has none; a
     store path or an installable is asked of Nix (see ``nixinput``)."""
-    with closure_file(source.closure, source.store_root, source.store_dir) as (file, name):
+    with (
+        closure_file(source.closure, source.store_root, source.store_dir) as (file, name),
+        in_a_file(),  # its errors name the file
+    ):
         closure = read_closure(file, source.input_format, source.attrs_key, source.store_dir, name)
     if not closure.has_nar_sizes:
         with carried_by("store_root"):
@@ -234,10 +235,8 @@ def load_layering(
     data = _json_or_none(path) if path.is_file() else None
     if Plan.recognise(data):
         return Plan.from_json(data, show_path(value))
-    is_tar = path.is_file() and tarfile.is_tarfile(path)
     for_nix = nix_argument(value, closure_input.store_root, closure_input.store_dir) is not None
-    is_layout = path.is_dir() and (not for_nix or (path / LAYOUT).is_file())
-    if is_layout or is_tar or (not path.exists() and ":" in value and "#" not in value):
+    if is_image(value, any_folder=not for_nix):
         return plan_from_image(read_image(value))
     closure = load_closure(replace(closure_input, closure=value), lambda message: None)
     return make_plan(closure, strategy, max_layers, provided=provided)

@@ -33,11 +33,11 @@ from nixlayer.report import (
     format_cost,
     format_description,
     format_report,
-    human_size,
-    parse_size,
     plan_table,
+    written_line,
 )
 from nixlayer.settings import DEFAULT_KEY, Settings, load_attrs_settings
+from nixlayer.sizes import human_size, parse_size
 from nixlayer.strategies import STRATEGIES
 
 if TYPE_CHECKING:
@@ -300,8 +300,18 @@ def from_closure(
     settings_key: Annotated[
         str, typer.Option(help="The attribute that holds those settings.")
     ] = DEFAULT_KEY,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print what was written as JSON: the digests, name, tag and each layer's "
+            "digest, size and store paths.",
+        ),
+    ] = False,
 ) -> None:
     """Build an image from a closure and the store on disk."""
+    if as_json and _is_stdout(output):
+        raise NixlayerError(f"--json: -o {output} is standard output, which takes the image")
     given = _given_fields(ctx)
     named = _flag_of
     if settings_from_attrs:
@@ -319,7 +329,19 @@ def from_closure(
         notes: list[str] = []
         with _Progress(quiet) as progress:
             built = nixlayer.build_image(source, options, progress, notes.append)
-    _notes([*notes, *built.plan.notes, f"wrote {built.image}"], quiet)
+    _notes([*notes, *built.plan.notes, written_line(built.image)], quiet)
+    if as_json:
+        print(json.dumps(built.image.to_json(), indent=2))
+
+
+def _is_stdout(output: str | None) -> bool:
+    """Whether ``-o`` is this process's standard output, by name or by what it is."""
+    if output == "-":
+        return True
+    try:
+        return output is not None and os.path.samestat(os.stat(output), os.fstat(1))
+    except OSError:
+        return False
 
 
 # The typer parameters of from-closure whose API option field has another name; the
@@ -339,7 +361,7 @@ _FIELDS = {
     "symlink": "symlinks",
 }
 _NEGATED = {"no_cache": "use_cache", "no_clobber": "clobber"}
-_NOT_OPTIONS = ("quiet", "settings_from_attrs", "settings_key")
+_NOT_OPTIONS = ("quiet", "settings_from_attrs", "settings_key", "as_json")
 
 
 def _given_fields(ctx: typer.Context) -> dict[str, Any]:

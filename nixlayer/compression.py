@@ -19,6 +19,8 @@ ALGORITHMS = ("none", "gzip", "zstd")
 DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
 LEVEL_RANGES = {"gzip": (1, 9), "zstd": (1, 19)}
 LAYER_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
+# What a stream compressed with each algorithm starts with.
+_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 
 # A gzip member header: magic, deflate, no flags, mtime 0; then XFL and OS 255 (unknown).
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00"
@@ -39,8 +41,7 @@ class Compression:
 
     @property
     def media_type(self) -> str:
-        suffix = "" if self.algorithm == "none" else f"+{self.algorithm}"
-        return LAYER_MEDIA_TYPE + suffix
+        return layer_media_type(self.algorithm)
 
     def __bool__(self) -> bool:
         return self.algorithm != "none"
@@ -51,6 +52,30 @@ class Compression:
         if self.algorithm == "zstd":
             return _zstd(self.level or DEFAULT_LEVELS["zstd"])
         raise AssertionError(f"no compressor for {self.algorithm}")
+
+
+def layer_media_type(algorithm: str | None) -> str:
+    """The OCI media type of a layer blob compressed with ``algorithm`` (``none`` or
+    None: a plain tar). The one place that maps compression to media type; see
+    ``media_type_compression`` for the way back."""
+    suffix = "" if algorithm in (None, "none") else f"+{algorithm}"
+    return LAYER_MEDIA_TYPE + suffix
+
+
+def media_type_compression(media_type: str) -> str | None:
+    """``gzip`` or ``zstd`` where a layer's media type says so, in OCI's spelling
+    (``...tar+gzip``) or Docker's (``...diff.tar.gzip``); None for a plain tar, or a
+    media type that names no compression nixlayer reads."""
+    for algorithm in ("gzip", "zstd"):
+        if media_type.endswith((f"+{algorithm}", f".{algorithm}")):
+            return algorithm
+    return None
+
+
+def magic_compression(head: bytes) -> str | None:
+    """``gzip`` or ``zstd`` if ``head``, a stream's first bytes (four are enough),
+    starts with that format's magic, else None."""
+    return next((name for prefix, name in _MAGIC.items() if head.startswith(prefix)), None)
 
 
 def parse_compression(algorithm: str, level: int | None) -> Compression:

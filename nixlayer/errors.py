@@ -39,13 +39,15 @@ class NixlayerError(Exception):
         super().__init__(message)
         self.message = message
         self.option = option
+        self.in_file = False  # about what a file holds: see ``in_a_file``
 
     def __str__(self) -> str:
         return self.worded(str)
 
     def worded(self, name_of: Callable[[str], str]) -> str:
-        """The message, after the option that carried the value as ``name_of`` names it."""
-        if self.option is None:
+        """The message, after the option that carried the value as ``name_of`` names it;
+        alone where it is about what a file holds (``in_a_file``)."""
+        if self.option is None or self.in_file:
             return self.message
         space = "" if self.message.startswith(":") else " "  # ": empty": no value to show
         return f"{name_of(self.option)}{space}{self.message}"
@@ -60,6 +62,19 @@ def carried_by(option: str) -> Iterator[None]:
     except NixlayerError as error:
         if error.option is None:
             error.option = option
+        raise
+
+
+@contextmanager
+def in_a_file() -> Iterator[None]:
+    """Errors raised in this block are about what a file holds (a member of an image,
+    the bytes of a store path), found once the value that led there was found to name
+    it; their messages name that file (``x.tar: index.json is missing``), and are worded
+    without an option before them. ``carried_by`` still records which option led there."""
+    try:
+        yield
+    except NixlayerError as error:
+        error.in_file = True
         raise
 
 

@@ -76,11 +76,17 @@ class ImageSettings:
 
 @dataclass(frozen=True)
 class SourceImage:
-    """An image read back from disk: a base for ``--from``, or one to inspect."""
+    """An image read back from disk: a base for ``--from``, or one to inspect.
+
+    ``config_digest`` is the sha256 of its config as stored (the image ID that ``docker
+    images`` shows); ``manifest_digest`` that of its OCI manifest as stored (what a
+    registry names it by), None where the format has none (a docker-archive)."""
 
     source: str
     config: dict[str, Any]
     layers: tuple[BlobLayer, ...]
+    config_digest: str
+    manifest_digest: str | None
     repo_tags: tuple[str, ...] = ()
 
 
@@ -118,6 +124,28 @@ class WrittenImage:
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.tag}"
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``from-closure --json`` prints: the fields, the layers bottom first."""
+        return {
+            "format": self.image_format,
+            "destination": self.destination,
+            "name": self.name,
+            "tag": self.tag,
+            "manifest_digest": self.manifest_digest,
+            "config_digest": self.config_digest,
+            "layers": [
+                {
+                    "digest": layer.digest,
+                    "diff_id": layer.diff_id,
+                    "size": layer.size,
+                    "media_type": layer.media_type,
+                    "store_paths": list(layer.store_paths),
+                    "reused": layer.reused,
+                }
+                for layer in self.layers
+            ],
+        }
 
 
 @dataclass(frozen=True)

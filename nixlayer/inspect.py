@@ -1,5 +1,6 @@
-"""What an image holds, for people and scripts: config, and per layer its digests,
-size and store paths (read back from the history comments nixlayer writes)."""
+"""What an image holds, for people and scripts: its config and manifest digests, its
+config, and per layer its digests, size and store paths (read back from the history
+comments nixlayer writes)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ def describe_image(image: SourceImage) -> dict[str, Any]:
     return {
         "source": image.source,
         "repo_tags": list(image.repo_tags),
+        "config_digest": image.config_digest,
+        "manifest_digest": image.manifest_digest,
         "architecture": config.get("architecture"),
         "variant": config.get("variant"),
         "os": config.get("os"),

@@ -25,6 +25,7 @@ from nixlayer.blobs import (
     read_layer,
     reopenable,
 )
+from nixlayer.compression import media_type_compression
 from nixlayer.errors import NixlayerError, reason, show_path
 from nixlayer.store import Entry, store_layer_entries
 from nixlayer.tarwriter import Emit, LayerLayout, lay_out, write_layer
@@ -159,10 +160,7 @@ class BlobLayer:
 
     @property
     def compression(self) -> str | None:
-        for suffix in ("gzip", "zstd"):
-            if self.media_type.endswith(suffix):
-                return suffix
-        return None
+        return media_type_compression(self.media_type)
 
     def prepare(self, mtime: int) -> PreparedLayer:
         if self.compression is None:

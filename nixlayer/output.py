@@ -5,6 +5,9 @@ and renamed over it once complete; a stream (``-``, ``/dev/stdout``, a device, a
 a socket) is written through, and a derivation's own output in place (see
 ``Destination``). What a run adds goes again on every path out, and after ``kill -9``
 too (``removed_if_killed``).
+
+Errors start with the destination as given; which option gave it, the caller says
+(``errors.carried_by("output")``).
 """
 
 from __future__ import annotations
@@ -139,33 +142,33 @@ class PendingFile:
 
 
 @contextmanager
-def pending_file(folder: str | Path, flag: str = "-o") -> Iterator[PendingFile]:
+def pending_file(folder: str | Path) -> Iterator[PendingFile]:
     """A ``PendingFile`` that is removed on any error, Ctrl-C or SIGTERM (which the CLI
     turns into an exception), or if the block ends without publishing it."""
     try:
         pending = PendingFile(folder)
     except OSError as e:
-        raise _cannot_write(flag, folder, e) from None
+        raise _cannot_write(folder, e) from None
     try:
-        with _no_room(flag, folder):
+        with _no_room(folder):
             yield pending
     finally:
         pending.discard()
 
 
 @contextmanager
-def _no_room(flag: str, where: str | Path) -> Iterator[None]:
+def _no_room(where: str | Path) -> Iterator[None]:
     """A full disk or quota is the user's to fix: an error naming where it was written."""
     try:
         yield
     except OSError as e:
         if e.errno not in _NO_ROOM:
             raise
-        raise _cannot_write(flag, where, e) from None
+        raise _cannot_write(where, e) from None
 
 
-def _cannot_write(flag: str, where: str | Path, error: OSError) -> NixlayerError:
-    return NixlayerError(f"{flag} {show_path(where)}: cannot write there: {error.strerror}")
+def _cannot_write(where: str | Path, error: OSError) -> NixlayerError:
+    return NixlayerError(f"{show_path(where)}: cannot write there: {error.strerror}")
 
 
 # Waits for its standard input to close, which happens when the process that holds
@@ -279,14 +282,14 @@ class Destination:
         return os.path.dirname(self.path) == os.path.realpath(store)
 
 
-def destination_of(name: str, flag: str = "-o") -> Destination:
+def destination_of(name: str) -> Destination:
     """Follow ``name``'s symlinks one at a time, as the kernel does, but stop at a link
     into this process's ``/proc/<pid>/fd``, whose target is no path to write to."""
     path = name
     for _ in range(_MAX_LINKS):
         head, last = os.path.split(path)
         if last in ("", ".", ".."):  # a folder named by its own path, or no path at all
-            found = _found(path, name, flag, follow=True)  # a file's "file/." is none
+            found = _found(path, name, follow=True)  # a file's "file/." is none
             return Destination(os.path.realpath(path), found.mode)
         folder = os.path.realpath(head or ".")
         path = os.path.join(folder, last)
@@ -294,19 +297,19 @@ def destination_of(name: str, flag: str = "-o") -> Destination:
         if last.isdigit() and process and process[1] == str(os.getpid()):
             return Destination(path, descriptor=int(last))
         if last.isdigit() and process:
-            found = _found(path, name, flag, follow=True)
+            found = _found(path, name, follow=True)
             if found.mode is None or not stat.S_ISREG(found.mode):
                 return found  # a pipe, device or socket: opened through the link
-            path = _named_file(path, name, flag)
+            path = _named_file(path, name)
             continue
-        found = _found(path, name, flag)
+        found = _found(path, name)
         if found.mode is None or not stat.S_ISLNK(found.mode):
             return found
         path = os.path.join(folder, os.readlink(path))
-    raise NixlayerError(f"{flag} {show_path(name)}: too many levels of symbolic links")
+    raise NixlayerError(f"{show_path(name)}: too many levels of symbolic links")
 
 
-def _named_file(descriptor: str, name: str, flag: str) -> str:
+def _named_file(descriptor: str, name: str) -> str:
     """The file another process's descriptor (``/proc/PID/fd/N``) is open on, by its
     name. Its link's text is no path to write to when the file was deleted or moved
     (``… (deleted)``): a new file of that name would be a file nobody asked for."""
@@ -317,22 +320,19 @@ def _named_file(descriptor: str, name: str, flag: str) -> str:
     except OSError:
         pass
     raise NixlayerError(
-        f"{flag} {show_path(name)}: another process's descriptor, open on a file that "
-        "was deleted or moved"
+        f"{show_path(name)}: another process's descriptor, open on a file that was deleted or moved"
     )
 
 
-def _found(path: str, name: str, flag: str, follow: bool = False) -> Destination:
+def _found(path: str, name: str, follow: bool = False) -> Destination:
     try:
         mode = (os.stat if follow else os.lstat)(path).st_mode
     except FileNotFoundError:
         mode = None
     except NotADirectoryError:
-        raise NixlayerError(
-            f"{flag} {show_path(name)}: {missing_folder(os.path.dirname(path))}"
-        ) from None
+        raise NixlayerError(f"{show_path(name)}: {missing_folder(os.path.dirname(path))}") from None
     except OSError as error:
-        raise NixlayerError(f"{flag} {show_path(name)}: {error.strerror}") from None
+        raise NixlayerError(f"{show_path(name)}: {error.strerror}") from None
     return Destination(path, mode)
 
 
@@ -348,7 +348,7 @@ def scratch_parent(destination: str) -> str:
 
 
 @contextmanager
-def atomic_output(destination: str, flag: str = "-o", clobber: bool = True) -> Iterator[BinaryIO]:
+def atomic_output(destination: str, clobber: bool = True) -> Iterator[BinaryIO]:
     """A buffered file that appears at ``destination`` only once it is complete,
     renamed over the file it names, or the file a symlink there leads to (the link
     stays). ``-``, a device, a pipe, a socket or a descriptor (``/dev/stdout``) are
@@ -356,39 +356,37 @@ def atomic_output(destination: str, flag: str = "-o", clobber: bool = True) -> I
     ``Destination``). Unless ``clobber``, an existing file is refused, before a byte
     is written and again, atomically, when the new one takes its name."""
     if destination == STDOUT:
-        with _no_room(flag, destination), _stdout() as out:
+        with _no_room(destination), _stdout() as out:
             yield out
         return
-    target = destination_of(destination, flag)
+    target = destination_of(destination)
     if target.stream:
         if target.holds_data and not clobber:
-            raise refuse_existing(destination, flag)
-        with _no_room(flag, destination), _written_through(target, destination, flag) as out:
+            raise refuse_existing(destination)
+        with _no_room(destination), _written_through(target, destination) as out:
             yield out
         return
     if target.is_folder or destination.endswith(os.sep):
-        raise NixlayerError(f"{flag} {show_path(destination)}: is a folder, not a file")
+        raise NixlayerError(f"{show_path(destination)}: is a folder, not a file")
     if target.exists and not clobber:
-        raise refuse_existing(destination, flag)
+        raise refuse_existing(destination)
     folder = os.path.dirname(target.path)
     if not os.path.isdir(folder):
-        raise NixlayerError(f"{flag} {show_path(destination)}: {missing_folder(folder)}")
+        raise NixlayerError(f"{show_path(destination)}: {missing_folder(folder)}")
     if target.derivation_output:
-        with _no_room(flag, destination), open(target.path, "wb", buffering=_BUFFER) as out:
+        with _no_room(destination), open(target.path, "wb", buffering=_BUFFER) as out:
             yield out
         return
-    with pending_file(folder, flag) as pending:
+    with pending_file(folder) as pending:
         yield pending.file
         try:
             pending.publish(target.path, clobber)
         except FileExistsError:
-            raise refuse_existing(destination, flag) from None
+            raise refuse_existing(destination) from None
 
 
-def refuse_existing(destination: str | Path, flag: str = "-o") -> NixlayerError:
-    return NixlayerError(
-        f"{flag} {show_path(destination)}: exists already, and --no-clobber was given"
-    )
+def refuse_existing(destination: str | Path) -> NixlayerError:
+    return NixlayerError(f"{show_path(destination)}: exists already, and --no-clobber was given")
 
 
 def _widen_pipe(stream: BinaryIO) -> None:
@@ -415,11 +413,11 @@ def _stdout() -> Iterator[BinaryIO]:
 
 
 @contextmanager
-def _written_through(target: Destination, name: str, flag: str) -> Iterator[BinaryIO]:
+def _written_through(target: Destination, name: str) -> Iterator[BinaryIO]:
     """The descriptor, device, pipe or socket ``target`` is, written into as it is:
     opened without creating or truncating anything, a socket connected to."""
     if target.mode is not None and stat.S_ISSOCK(target.mode):
-        with _connected(target.path, name, flag) as out:
+        with _connected(target.path, name) as out:
             yield out
         return
     try:
@@ -428,7 +426,7 @@ def _written_through(target: Destination, name: str, flag: str) -> Iterator[Bina
         else:
             fd = os.open(target.path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as error:
-        raise _cannot_write(flag, name, error) from None
+        raise _cannot_write(name, error) from None
     with open(fd, "wb", buffering=_BUFFER) as out:
         _widen_pipe(out)
         yield out
@@ -442,13 +440,11 @@ def _writable_copy(descriptor: int) -> int:
 
 
 @contextmanager
-def _connected(path: str, name: str, flag: str) -> Iterator[BinaryIO]:
+def _connected(path: str, name: str) -> Iterator[BinaryIO]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         try:
             connection.connect(path)
         except OSError as error:
-            raise NixlayerError(
-                f"{flag} {show_path(name)}: cannot connect: {error.strerror}"
-            ) from None
+            raise NixlayerError(f"{show_path(name)}: cannot connect: {error.strerror}") from None
         with connection.makefile("wb", buffering=_BUFFER) as out:
             yield cast(BinaryIO, out)

@@ -16,7 +16,7 @@ from nixlayer.errors import NixlayerError
 from nixlayer.gcpause import no_cycle_collection
 from nixlayer.graph import PathGraph, find_roots, induced, path_graph
 from nixlayer.jsonstream import show_json
-from nixlayer.report import human_size
+from nixlayer.sizes import human_size
 from nixlayer.strategies import STRATEGIES
 
 PLAN_VERSION = 1

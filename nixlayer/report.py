@@ -1,57 +1,24 @@
-"""What nixlayer prints for people: sizes as they read and write them, and the
-tables of a plan, a push's cost, an image and a verify report. Apart from the stages
+"""What nixlayer prints for people: the tables of a plan, a push's cost, an image and
+a verify report, and the notes a build ends with. Apart from the stages
 that make them, so that printing a result never loads the graph library."""
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from nixlayer.errors import NixlayerError, one_line, show_path
+from nixlayer.errors import one_line, show_path
+from nixlayer.sizes import human_size
 
 if TYPE_CHECKING:
     import os
 
     from nixlayer.fleet import FleetPlan
+    from nixlayer.image import WrittenImage
     from nixlayer.measure import PushCost
     from nixlayer.plan import Plan
     from nixlayer.verify import VerifyReport
-
-
-def human_size(size: int) -> str:
-    if size < 1024:
-        return f"{size} B"
-    value = size / 1024
-    for unit in ("KiB", "MiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
-
-
-# What parse_size reads after the number: the binary units human_size prints, and
-# their one-letter forms; K is 1024, as in KiB, so that a size copied from a table
-# means what the table meant. KB and MB are refused: they mean 1000 to some people.
-_SIZE_UNITS = {"": 0, "b": 0, "k": 1, "kib": 1, "m": 2, "mib": 2, "g": 3, "gib": 3,
-               "t": 4, "tib": 4}  # fmt: skip
-_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+) ?([a-z]*)", re.ASCII | re.IGNORECASE)
-
-
-def parse_size(value: str) -> int:
-    """A number of bytes as people write it and the tables print it: ``1000``,
-    ``10M``, ``10MiB``, ``1.5 GiB``, ``10 KiB`` (binary units; a fraction of a byte is
-    dropped)."""
-    from decimal import Decimal  # only --fail-over needs it: not on every start-up
-
-    match = _SIZE.fullmatch(value.strip())
-    if not match or match[2].lower() not in _SIZE_UNITS:
-        raise NixlayerError(
-            f"{value}: not a size (bytes, or a number and K, M, G, T or KiB, "
-            "MiB, GiB, TiB: units of 1024)"
-        )
-    return int(Decimal(match[1]) * 1024 ** _SIZE_UNITS[match[2].lower()])
 
 
 def plan_table(plan: Plan) -> str:
@@ -126,6 +93,14 @@ def _shown(value: Any) -> str:
     """A field as the config has it: a string as it is, another type (which ``verify``
     reports) as JSON, never as Python would print it."""
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def written_line(image: WrittenImage) -> str:
+    """The note a build ends with: what it wrote where, and how many layers; for a
+    layout folder, which keeps blobs between builds, how many of them were there."""
+    reused = sum(layer.reused for layer in image.layers)
+    kept = f", {reused} reused" if image.image_format == "oci" else ""
+    return f"wrote {image.ref} to {show_path(image.destination)} ({len(image.layers)} layers{kept})"
 
 
 def format_report(report: VerifyReport) -> str:

@@ -18,8 +18,11 @@ whiteout, and exactly the store paths its history lists. It reads docker-archive
 folders and oci-archives (a blob nothing names is a note: the layout allows it), and
 never unpacks anything.
 
-Problems with the image are collected in a ``VerifyReport``; only a path that is not
-an image at all raises ``NixlayerError``.
+This module holds what every image is checked for (a ``Checker``); what each format's own
+files must be (its manifests, index, descriptors) its module checks (``verify`` of
+``formats.ImageFormat``), told which by ``formats.detect``. Problems with the image
+are collected in a ``VerifyReport``; only a path that is not an image at all raises
+``NixlayerError``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from nixlayer.blobs import (
+    READ_ERRORS,
     BlobRead,
     LayerNames,
     read_blob,
@@ -43,17 +47,16 @@ from nixlayer.blobs import (
     whiteout_target,
 )
 from nixlayer.errors import NixlayerError, one_line, reason, show_path
-from nixlayer.formats import not_an_image, path_and_ref
+from nixlayer.formats import FORMATS, ImageFormat, detect, not_an_image, path_and_ref
 from nixlayer.formats.docker_archive import MANIFEST
 from nixlayer.formats.files import (
-    READ_ERRORS,
     ImageFiles,
     compression_of,
     decompressed_copy,
     folder_files,
     tar_files,
 )
-from nixlayer.formats.oci import INDEX, INDEX_TYPES, LAYOUT, LAYOUT_VERSION, is_layout_file
+from nixlayer.formats.oci import INDEX
 from nixlayer.image import config_problems, layer_histories
 from nixlayer.jsonfile import json_strings, parse_json
 from nixlayer.jsonstream import show_json
@@ -61,15 +64,8 @@ from nixlayer.layers import layer_store_paths, unexpected_whiteouts, written_by_
 from nixlayer.runconfig import check_run_config
 from nixlayer.tarwriter import END_OF_ARCHIVE
 
-BLOBS = "blobs/sha256/"
 _CHUNK = 1 << 20
-_MAX_DEPTH = 4  # nested indexes followed; deeper ones are reported, not followed
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
-_MANIFEST_TYPES = (
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-)
 
 
 @dataclass
@@ -113,8 +109,9 @@ def verify_image(path: str) -> VerifyReport:
             f"{show_path(path)}: verify checks every image in {show_path(location)}; "
             f"give it without :{one_line(ref)}"
         )
-    if location.is_dir():
-        return _verify_layout(path, folder_files(location), "oci")
+    if location.is_dir():  # checked as a layout whatever it holds: what it lacks is a problem
+        files = folder_files(location)
+        return _verified(path, files, detect(files, folder=True) or FORMATS["oci"], None)
     if not location.is_file():
         raise NixlayerError(f"{show_path(path)}: {not_an_image(location)}")
     compression = compression_of(partial(location.open, "rb"))
@@ -130,6 +127,15 @@ def verify_image(path: str) -> VerifyReport:
         return _verify_archive(path, reopenable(plain), compression)
 
 
+def _verified(
+    source: str, files: ImageFiles, found: ImageFormat, compression: str | None
+) -> VerifyReport:
+    """The report of the format's own checks (``ImageFormat.verify``)."""
+    report = VerifyReport(source, found.NAME, compression)
+    found.verify(files, Checker(files, report))
+    return report
+
+
 def _verify_archive(source: str, path: Path, compression: str | None) -> VerifyReport:
     """A tar image: the archive's own structure first, then its content."""
     problems, readable = _check_archive(path)
@@ -141,10 +147,9 @@ def _verify_archive(source: str, path: Path, compression: str | None) -> VerifyR
         report = VerifyReport(source, "docker-archive", compression, problems=problems)
         report.problems.append(str(error))
         return report
-    if files.has(INDEX) and files.has(LAYOUT):
-        report = _verify_layout(source, files, "oci-archive")
-    elif files.has(MANIFEST):
-        report = _verify_docker(files, compression)
+    found = detect(files, folder=False)
+    if found is not None:
+        report = _verified(source, files, found, compression)
     elif problems:  # a damaged archive whose damage hides its manifest
         report = VerifyReport(source, "docker-archive", compression)
         report.problems.append(f"neither {MANIFEST} nor {INDEX} can be read")
@@ -202,18 +207,13 @@ def _tail_problems(file: IO[bytes], length: int, what: str) -> list[str]:
     return []
 
 
-def _compression_of(media_type: str) -> str | None:
-    for suffix in ("gzip", "zstd"):
-        if media_type.endswith(("+" + suffix, "." + suffix)):
-            return suffix
-    return None
+# --- what every format's checks use ----------------------------------------------------
 
 
-# --- checks shared by both layouts ---------------------------------------------------
-
-
-class _Checker:
-    """The image's files, the report being filled, and each blob read at most once."""
+class Checker:
+    """What a format's ``verify`` checks with: the image's files, the report being
+    filled, each blob read at most once, and the checks every format makes of a
+    config and of its layers (read, against their diff_ids, and merged)."""
 
     def __init__(self, files: ImageFiles, report: VerifyReport) -> None:
         self.files = files
@@ -317,241 +317,6 @@ class _Checker:
             self.problem(
                 f"layer {name}: its tar's sha256 is {found.diff_id}, the diff_id {diff_id}"
             )
-
-
-# --- docker-archive -----------------------------------------------------------------
-
-
-def _verify_docker(files: ImageFiles, compression: str | None) -> VerifyReport:
-    report = VerifyReport(files.source, "docker-archive", compression)
-    check = _Checker(files, report)
-    manifest = check.json(MANIFEST, "the manifest")
-    if manifest is None:
-        return report
-    if not isinstance(manifest, list) or not manifest:
-        check.problem(f"{MANIFEST} does not list any image")
-        return report
-    for number, entry in enumerate(manifest, 1):
-        _check_docker_entry(check, entry, f"{MANIFEST} entry {number}")
-    return report
-
-
-def _check_docker_entry(check: _Checker, entry: Any, where: str) -> None:
-    check.report.images += 1
-    if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str):
-        check.problem(f"{where}: no Config file named")
-        return
-    config_name = os.path.normpath(entry["Config"])
-    config = _config_by_name(check, config_name, where)
-    if config is not None:
-        check.config_types(config, config_name)
-    diff_ids = check.diff_ids(config, config_name) if config is not None else None
-    layers = entry.get("Layers")
-    if not json_strings(layers):
-        check.problem(f"{where}: Layers is not a list of file names")
-        return
-    if diff_ids is not None and len(layers) != len(diff_ids):
-        check.problem(f"{where}: {len(layers)} layers, but the config has {len(diff_ids)} diff_ids")
-        return
-    histories = check.watch(config) if diff_ids is not None else None
-    reads: list[BlobRead | None] = []
-    for name, diff_id in zip(layers, diff_ids or [None] * len(layers), strict=True):
-        member = os.path.normpath(name)
-        compression = _member_compression(check.files, member)
-        check.layer_against_diff_id(member, compression, diff_id)
-        reads.append(check.layer(member, compression))
-    if histories is not None:
-        check.merged(where, histories, reads)
-
-
-def _config_by_name(check: _Checker, name: str, where: str) -> Any:
-    """The config file, whose name carries its sha256 (``<hex>.json`` as docker saves
-    it, or ``blobs/sha256/<hex>`` as Docker 25 does)."""
-    config = check.json(name, f"{where}: the config")
-    named = re.search(r"([0-9a-f]{64})(?:\.json)?$", name)
-    found = check.blob(name)
-    if named and found and found.digest != f"sha256:{named.group(1)}":
-        check.problem(f"config {name}: its sha256 is {found.digest}, not the one its name says")
-    return config
-
-
-def _member_compression(files: ImageFiles, name: str) -> str | None:
-    """docker-archives normally hold plain tars, but some tools store them compressed."""
-    return compression_of(files.opener(name)) if files.has(name) else None
-
-
-# --- OCI layout ---------------------------------------------------------------------
-
-
-def _verify_layout(source: str, files: ImageFiles, image_format: str) -> VerifyReport:
-    report = VerifyReport(source, image_format)
-    check = _Checker(files, report)
-    layout = check.json(LAYOUT, "the layout file")
-    if layout is not None and not is_layout_file(layout):
-        check.problem(f"{LAYOUT}: its imageLayoutVersion is not {LAYOUT_VERSION}")
-    index = check.json(INDEX, "the index")
-    if index is not None:
-        _check_index(check, index, INDEX, 0)
-    if image_format == "oci-archive" and files.has(MANIFEST):
-        _check_docker_beside_oci(check)
-    _check_all_blobs(check)
-    return report
-
-
-def _check_index(check: _Checker, index: Any, where: str, depth: int) -> None:
-    manifests = index.get("manifests") if isinstance(index, dict) else None
-    if not isinstance(manifests, list):
-        check.problem(f"{where}: no manifests list")
-        return
-    if index.get("schemaVersion") != 2:
-        check.problem(f"{where}: schemaVersion is not 2")
-    for number, descriptor in enumerate(manifests, 1):
-        place = f"{where} manifest {number}"
-        data = _descriptor_blob(check, descriptor, place)
-        if data is None:
-            continue
-        media_type = descriptor.get("mediaType")
-        if media_type in INDEX_TYPES and depth < _MAX_DEPTH:
-            _check_index(check, data, place, depth + 1)
-        elif media_type in _MANIFEST_TYPES or media_type is None:
-            _check_manifest(check, data, place, descriptor.get("platform"))
-        else:
-            check.problem(f"{place}: unexpected mediaType {show_json(media_type)}")
-
-
-def _descriptor_blob(check: _Checker, descriptor: Any, where: str) -> Any:
-    """A small blob (manifest, index, config) checked against its descriptor, parsed."""
-    name = _check_descriptor(check, descriptor, where)
-    if name is None or check.blob(name) is None:
-        return None
-    return check.json(name, f"{where}:")
-
-
-def _check_descriptor(
-    check: _Checker,
-    descriptor: Any,
-    where: str,
-    compression: str | None = None,
-    layer: bool = False,
-) -> str | None:
-    """The blob name a descriptor points to, once its digest and size have been
-    checked against the blob as stored; None if there is nothing to read."""
-    if not isinstance(descriptor, dict):
-        check.problem(f"{where}: not a descriptor object")
-        return None
-    digest, size = descriptor.get("digest"), descriptor.get("size")
-    matched = _DIGEST.fullmatch(digest) if isinstance(digest, str) else None
-    if matched is None:
-        check.problem(f"{where}: digest {show_json(digest)} is not a sha256 digest")
-        return None
-    if type(size) is not int or size < 0:
-        check.problem(f"{where}: size {show_json(size)} is not a size in bytes")
-    name = BLOBS + matched.group(1)
-    found = check.layer(name, compression) if layer else check.blob(name)
-    if found is None:
-        if "urls" not in descriptor and not check.files.has(name):
-            check.problem(f"{where}: blob {digest} is missing")
-        return None
-    if found.digest != digest:
-        check.problem(f"{where}: blob {digest} has sha256 {found.digest}")
-    if type(size) is int and found.size != size:
-        check.problem(f"{where}: blob {digest} is {found.size} bytes, the descriptor says {size}")
-    return name
-
-
-def _check_manifest(check: _Checker, manifest: Any, where: str, platform: Any) -> None:
-    check.report.images += 1
-    if not isinstance(manifest, dict) or manifest.get("schemaVersion") != 2:
-        check.problem(f"{where}: not an image manifest (schemaVersion 2)")
-        return
-    config = _descriptor_blob(check, manifest.get("config"), f"{where} config")
-    if config is not None:
-        check.config_types(config, f"{where} config")
-    diff_ids = check.diff_ids(config, f"{where} config") if config is not None else None
-    _check_platform(check, config, platform, where)
-    layers = manifest.get("layers")
-    if not isinstance(layers, list):
-        check.problem(f"{where}: layers is not a list")
-        return
-    if diff_ids is not None and len(layers) != len(diff_ids):
-        check.problem(f"{where}: {len(layers)} layers, but the config has {len(diff_ids)} diff_ids")
-        diff_ids = None
-    histories = check.watch(config) if diff_ids is not None else None
-    reads: list[BlobRead | None] = []
-    for number, descriptor in enumerate(layers, 1):
-        place = f"{where} layer {number}"
-        media_type = descriptor.get("mediaType", "") if isinstance(descriptor, dict) else ""
-        if not isinstance(media_type, str):
-            check.problem(f"{place}: mediaType {show_json(media_type)} is not a string")
-            reads.append(None)
-            continue
-        compression = _compression_of(media_type)
-        name = _check_descriptor(check, descriptor, place, compression, layer=True)
-        if name is not None and diff_ids is not None:
-            check.layer_against_diff_id(name, compression, diff_ids[number - 1])
-        elif name is not None:
-            check.report.layers += 1
-        reads.append(check.layer(name, compression) if name is not None else None)
-    if histories is not None:
-        check.merged(where, histories, reads)
-
-
-def _check_platform(check: _Checker, config: Any, platform: Any, where: str) -> None:
-    """The index's platform for a manifest must be the config's."""
-    if not isinstance(config, dict) or not isinstance(platform, dict):
-        return
-    for key in ("architecture", "os", "variant"):
-        if key in platform and platform[key] != config.get(key):
-            check.problem(
-                f"{where}: the index says {key} {show_json(platform[key])}, "
-                f"the config {show_json(config.get(key))}"
-            )
-
-
-def _check_all_blobs(check: _Checker) -> None:
-    """Every file under blobs/sha256 must hash to its name, referenced or not; other
-    names (a temporary file left by a killed writer) are noted, and so are blobs no
-    index or manifest names: the layout allows them (a writer killed before its
-    index.json, an image removed), but they take room for nothing."""
-    for name in sorted(check.files.files):
-        if not name.startswith(BLOBS) or name in check.read_names:
-            continue
-        hex_digest = name.removeprefix(BLOBS)
-        if not _HEX64.fullmatch(hex_digest):
-            check.report.notes.append(
-                f"{show_path(name)}: not a blob name (a leftover temporary file?)"
-            )
-            continue
-        check.report.notes.append(f"{name}: a blob no manifest or index names (unused)")
-        found = check.blob(name)
-        if found is not None and found.digest != f"sha256:{hex_digest}":
-            check.problem(f"{name}: its sha256 is {found.digest}")
-
-
-def _check_docker_beside_oci(check: _Checker) -> None:
-    """The docker ``manifest.json`` an oci-archive carries for ``docker load`` must
-    name files of the archive: a config, and layers that match its diff_ids."""
-    manifest = check.json(MANIFEST, "the docker manifest")
-    if not isinstance(manifest, list):
-        if manifest is not None:
-            check.problem(f"{MANIFEST} is not a list")
-        return
-    for number, entry in enumerate(manifest, 1):
-        where = f"{MANIFEST} entry {number}"
-        if not isinstance(entry, dict) or not isinstance(entry.get("Config"), str):
-            check.problem(f"{where}: no Config file named")
-            continue
-        config = check.json(os.path.normpath(entry["Config"]), f"{where}: the config")
-        diff_ids = check.diff_ids(config, where) if config is not None else None
-        layers = entry.get("Layers")
-        if not json_strings(layers):
-            check.problem(f"{where}: Layers is not a list of file names")
-        elif diff_ids is not None and len(diff_ids) != len(layers):
-            check.problem(f"{where}: {len(layers)} layers, but the config has {len(diff_ids)}")
-        elif diff_ids is not None:
-            for name, diff_id in zip(map(os.path.normpath, layers), diff_ids, strict=True):
-                compression = _member_compression(check.files, name)
-                check.layer_against_diff_id(name, compression, diff_id, count=False)
 
 
 # --- the merged tree ------------------------------------------------------------------

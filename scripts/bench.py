@@ -973,24 +973,26 @@ class Discard:
 
 
 def child_emit(closure: str, root: str) -> None:
-    from nixlayer.formats.docker_archive import write_docker_archive
+    from nixlayer.formats.docker_archive import write_stream
+    from nixlayer.formats.writing import Writing
 
     spec = _spec(closure, root)
     started = time.perf_counter()
-    write_docker_archive(spec, Discard())  # type: ignore[arg-type]
+    write_stream(spec, Discard(), Writing())  # type: ignore[arg-type]
     print(json.dumps({"seconds": time.perf_counter() - started}))
 
 
 def child_oci(closure: str, root: str, out: str, algorithm: str, level: str, workers: str) -> None:
     from nixlayer.cache import LayerCache
     from nixlayer.compression import Compression
-    from nixlayer.formats import oci
+    from nixlayer.formats import oci, oci_layout
+    from nixlayer.formats.writing import Writing
 
     spec = _spec(closure, root)
     oci.WORKERS = int(workers)
     started = time.perf_counter()
-    written = oci.write_oci_layout(
-        spec, Path(out), Compression(algorithm, int(level)), LayerCache(None)
+    written = oci_layout.write_folder(
+        spec, Path(out), Writing(Compression(algorithm, int(level)), LayerCache(None))
     )
     seconds = time.perf_counter() - started
     print(
@@ -998,7 +1000,7 @@ def child_oci(closure: str, root: str, out: str, algorithm: str, level: str, wor
             {
                 "seconds": seconds,
                 "layers": len(written.layers),
-                "blob_bytes": sum(layer.blob_size for layer in written.layers),
+                "blob_bytes": sum(layer.size for layer in written.layers),
                 "digests": hashlib.sha256(
                     " ".join(layer.digest for layer in written.layers).encode()
                 ).hexdigest(),

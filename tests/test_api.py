@@ -3,14 +3,18 @@ it is written, and errors that name the option that carried a wrong value."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from support.run import REPO, write_json
+from support.run import REPO, run_nixlayer, run_ok, write_json
 from support.stores import FixtureStore
+from support.tools import Tools
 
 import nixlayer
 from nixlayer.options import options_from_fields
@@ -72,3 +76,76 @@ def test_options_from_fields_parse_values_as_people_write_them(tmp_path: Path) -
         options_from_fields({"closure": "c.json", "directories": ["tmp"]})
     assert raised.value.option == "directories"
     assert re.match(r"tmp: expected DEST", raised.value.message)
+
+
+def test_from_closure_json_says_what_skopeo_reads(
+    fixture_store: FixtureStore, tools: Tools, tmp_path: Path
+) -> None:
+    """The manifest and config digests and each layer's digest, as skopeo finds them in
+    the layout; a docker-archive's config digest is its config's, and it has no manifest."""
+    layout, archive = tmp_path / "layout", tmp_path / "image.tar"
+    common = ["--store-root", fixture_store.root, "--max-layers", "3", "-q", "--json"]
+    said = json.loads(run_ok("from-closure", fixture_store.closure_file, "--format", "oci",
+                             "-o", layout, *common).stdout)  # fmt: skip
+    ref = f"oci:{layout}:{said['name']}:{said['tag']}"
+    manifest = subprocess.run([tools.skopeo, "inspect", "--raw", ref], capture_output=True,
+                              check=True).stdout  # fmt: skip
+    assert said["manifest_digest"] == f"sha256:{hashlib.sha256(manifest).hexdigest()}"
+    parsed = json.loads(manifest)
+    assert said["config_digest"] == parsed["config"]["digest"]
+    assert [layer["digest"] for layer in said["layers"]] == [
+        layer["digest"] for layer in parsed["layers"]
+    ]
+    assert sorted(p for layer in said["layers"] for p in layer["store_paths"]) == sorted(
+        entry["path"] for entry in fixture_store.entries
+    )
+    said = json.loads(run_ok("from-closure", fixture_store.closure_file, "-o", archive,
+                             *common).stdout)  # fmt: skip
+    config = subprocess.run([tools.skopeo, "inspect", "--raw", "--config",
+                             f"docker-archive:{archive}"], capture_output=True,
+                            check=True).stdout  # fmt: skip
+    assert said["config_digest"] == f"sha256:{hashlib.sha256(config).hexdigest()}"
+    assert said["manifest_digest"] is None
+    assert [layer["digest"] for layer in said["layers"]] == json.loads(config)["rootfs"]["diff_ids"]
+
+
+def test_json_is_refused_where_stdout_takes_the_image(
+    fixture_store: FixtureStore, tmp_path: Path
+) -> None:
+    result = run_nixlayer("from-closure", fixture_store.closure_file, "--store-root",
+                          fixture_store.root, "-o", "-", "--json")  # fmt: skip
+    assert result.returncode == 2 and result.stdout == b""
+    assert (
+        result.stderr
+        == b"nixlayer: error: --json: -o - is standard output, which takes the image\n"
+    )
+
+
+def _readme_block(section: str, language: str) -> str:
+    """The first ``language`` code block of the README's ``section``."""
+    text = (REPO / "README.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    found = re.search(rf"```{language}\n(.*?)```", body, re.DOTALL)
+    assert found, f"no {language} block in the README's {section} section"
+    return found[1]
+
+
+def test_the_readme_python_example_builds_the_image_it_shows(
+    fixture_store: FixtureStore, tools: Tools, tmp_path: Path
+) -> None:
+    """Run as it is written, in a folder laid out as the checkout after Try it; its
+    output is the README's, and skopeo reads the image it wrote."""
+    shutil.copytree(fixture_store.root, tmp_path / "fixtures" / "store", symlinks=True)
+    shutil.copy(fixture_store.closure_file, tmp_path / "fixtures" / "store-closure.json")
+    example = tmp_path / "example.py"
+    example.write_text(_readme_block("Python", "python"))
+    ran = subprocess.run([sys.executable, example], cwd=tmp_path, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == _readme_block("Python", "text")
+    config = json.loads(subprocess.run(
+        [tools.skopeo, "inspect", "--config", f"docker-archive:{tmp_path / 'image.tar'}"],
+        capture_output=True, check=True,
+    ).stdout)  # fmt: skip
+    app = "/nix/store/3zcs07xwki8d83hggymk33l4hy14hk5s-app-1.0/bin/app"
+    assert config["config"]["Cmd"] == [app]
+    assert len(config["rootfs"]["diff_ids"]) == 4

@@ -12,13 +12,13 @@ from support.run import run_ok
 from test_hostile_output import _args, _blob, _image_blobs
 
 from nixlayer.cache import LayerCache, default_cache_dir
-from nixlayer.formats.oci import _Layout
+from nixlayer.formats.oci import LayoutFolder
 from nixlayer.report import format_report
 from nixlayer.verify import verify_image
 
 
-def _layout_with_blob(folder: Path, data: bytes) -> tuple[_Layout, str, Path]:
-    layout = _Layout(folder, LayerCache(folder / "cache"))
+def _layout_with_blob(folder: Path, data: bytes) -> tuple[LayoutFolder, str, Path]:
+    layout = LayoutFolder(folder, LayerCache(folder / "cache"))
     (folder / "blobs" / "sha256").mkdir(parents=True)
     digest = layout.put(data)
     return layout, digest, layout.blob(digest)
@@ -49,7 +49,7 @@ def test_a_write_that_keeps_size_and_mtime_is_noticed(tmp_path: Path) -> None:
 
 
 def test_without_a_cache_every_blob_is_hashed(tmp_path: Path) -> None:
-    layout = _Layout(tmp_path, LayerCache(None))
+    layout = LayoutFolder(tmp_path, LayerCache(None))
     (tmp_path / "blobs" / "sha256").mkdir(parents=True)
     data = b"config"
     digest = layout.put(data)

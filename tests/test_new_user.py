@@ -21,7 +21,7 @@ from support.stores import FixtureStore
 
 from nixlayer import cli
 from nixlayer.layers import written_by_nixlayer
-from nixlayer.report import parse_size
+from nixlayer.sizes import parse_size
 
 COMMANDS = ("from-closure", "plan", "diff", "inspect", "verify")
 

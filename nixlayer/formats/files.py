@@ -4,6 +4,7 @@ as members of one tar (a docker-archive or oci-archive), read without unpacking.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import tarfile
@@ -14,10 +15,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from nixlayer.blobs import READ_ERRORS, Opener, climbs_out, decompressing, reopenable
+from nixlayer.compression import magic_compression
 from nixlayer.errors import NixlayerError, reason, show_path
 from nixlayer.jsonfile import METADATA_LIMIT, open_regular, parse_json, read_bounded
 
-_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd"}
 _CHUNK = 1 << 20
 
 
@@ -67,6 +68,14 @@ class ImageFiles:
     def read_json(self, name: str) -> Any:
         return parse_json(self.read(name), f"{self.source}: {name}")
 
+    def read_json_and_digest(self, name: str) -> tuple[Any, str]:
+        """A small JSON file parsed, and the sha256 digest of its bytes (a config's is
+        the image's ID, a manifest's what a registry names the image by)."""
+        data = self.read(name)
+        return parse_json(
+            data, f"{self.source}: {name}"
+        ), f"sha256:{hashlib.sha256(data).hexdigest()}"
+
     def _get(self, name: str) -> tuple[int, Opener]:
         if name not in self.files:
             raise NixlayerError(f"{self.source}: {name} is missing")
@@ -81,12 +90,13 @@ def json_object(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def read_config(files: ImageFiles, name: str) -> tuple[dict[str, Any], Any]:
-    """An image's config and what its rootfs gives as diff_ids (for the caller to check
-    against its layers)."""
-    config = json_object(files.read_json(name), f"{files.source}: config")
+def read_config(files: ImageFiles, name: str) -> tuple[dict[str, Any], str, Any]:
+    """An image's config, its digest, and what its rootfs gives as diff_ids (for the
+    caller to check against its layers)."""
+    config, digest = files.read_json_and_digest(name)
+    config = json_object(config, f"{files.source}: config")
     rootfs = json_object(config.get("rootfs"), f"{files.source}: the config's rootfs")
-    return config, rootfs.get("diff_ids")
+    return config, digest, rootfs.get("diff_ids")
 
 
 def folder_files(path: Path) -> ImageFiles:
@@ -151,8 +161,30 @@ def _open_slice(path: Path, offset: int, size: int, keep: object) -> IO[bytes]:
 def compression_of(opener: Opener) -> str | None:
     """``gzip`` or ``zstd`` if the file starts with that format's magic, else None."""
     with opener() as file:
-        magic = file.read(4)
-    return next((name for prefix, name in _MAGIC.items() if magic.startswith(prefix)), None)
+        return magic_compression(file.read(4))
+
+
+def holds_tar(path: Path) -> bool:
+    """Whether the file at ``path`` starts with a tar header, once decompressed if it
+    was compressed as a whole; only that first header is read."""
+    try:
+        with path.open("rb") as file:
+            compression = magic_compression(file.read(4))
+            file.seek(0)
+            stream = decompressing(file, compression)
+            header = b""
+            while len(header) < tarfile.BLOCKSIZE:
+                chunk = stream.read(tarfile.BLOCKSIZE - len(header))
+                if not chunk:
+                    break
+                header += chunk
+    except READ_ERRORS:
+        return False
+    try:
+        tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
 
 
 def decompressed_copy(path: Path, compression: str) -> IO[bytes]:
