@@ -66,7 +66,7 @@ def plan_fleet(closures: Sequence[Closure], strategy: str, max_layers: int) -> F
         if worst <= max_layers:
             break
         if budget == 1:
-            raise NixlayerError(f"--max-layers {max_layers}: too few layers for this fleet")
+            raise NixlayerError(f"{max_layers}: too few layers for this fleet", "max_layers")
         budget = max(1, budget - (worst - max_layers))
     plans = tuple(
         Plan(c.store_dir, strategy, tuple(r for r in plan.roots if r in c.paths), tuple(layers))

@@ -204,7 +204,7 @@ def find_roots(graph: PathGraph, explicit: Iterable[str] = (), source: str = "")
     explicit = list(explicit)
     for root in explicit:
         if root not in graph:
-            raise NixlayerError(f"--root {root}: not a path of the closure {source}")
+            raise NixlayerError(f"{root}: not a path of the closure {source}", "roots")
     if explicit:
         return sorted(set(explicit))
     return sorted(graph.sources())

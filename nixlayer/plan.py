@@ -135,9 +135,9 @@ def make_plan(
     """
     if strategy not in STRATEGIES:
         known = ", ".join(sorted(STRATEGIES))
-        raise NixlayerError(f"--strategy {strategy}: unknown strategy (known: {known})")
+        raise NixlayerError(f"{strategy}: unknown strategy (known: {known})", "strategy")
     if max_layers < 1 and not closure.paths.keys() <= provided:
-        raise NixlayerError(f"--max-layers {max_layers}: must be at least 1")
+        raise NixlayerError(f"{max_layers}: must be at least 1", "max_layers")
     graph = path_graph(closure)
     roots = find_roots(graph, roots, closure.source)
     provided = provided.intersection(closure.paths)
@@ -149,7 +149,7 @@ def make_plan(
     kept = _make_room(kept, remaining, max_layers - len(explicit), closure, notes)
     budget = max_layers - len(kept) - len(explicit)
     if remaining and budget < 1:
-        raise NixlayerError(f"--max-layers {max_layers}: fewer layers than --group gives groups")
+        raise NixlayerError(f"{max_layers}: fewer layers than --group gives groups", "max_layers")
     rest = induced(graph, remaining)
     laid_out = _lay_out(rest, roots, strategy, budget) if remaining else []
     ordered = [*kept, *explicit, *laid_out]

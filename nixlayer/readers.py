@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from nixlayer.blobs import is_whiteout
 from nixlayer.closure import (
     DEFAULT_STORE_DIR,
     Closure,
@@ -502,6 +501,8 @@ def _store_dir_problem(store_dir: str) -> str | None:
         return "has an empty part (//)"
     if "." in parts or ".." in parts:
         return "has a '.' or '..' part; it must name its folder without climbing"
+    from nixlayer.blobs import is_whiteout  # the layers' rule, at the one place it applies
+
     if any(map(is_whiteout, parts)):
         return "has a part starting '.wh.', which consumers take for a deletion"
     return None
