@@ -108,40 +108,30 @@ def make_closure(entries: Iterable[RawEntry], store_dir: str, source: str) -> Cl
     """Check and merge raw entries into a ``Closure``.
 
     Duplicate entries for one path are accepted when they agree; a disagreement, an
-    invalid entry, a malformed path or a reference outside the set is an error, the
-    first in the entries' order. Each distinct path is checked once, however many
-    paths refer to it.
+    invalid entry, a malformed path or a reference outside the set is an error.
     """
     paths: dict[str, StorePath] = {}
-    checked: set[str] = set()  # paths that passed check_store_path
     for entry in entries:
-        if entry.path not in checked:
-            check_store_path(entry.path, store_dir, source)
-            checked.add(entry.path)
+        check_store_path(entry.path, store_dir, source)
         if not entry.valid:
             raise NixlayerError(f"{source}: {entry.path} is not a valid path in the Nix store")
-        references = set(entry.references)
-        if not references <= checked:
-            for ref in entry.references:  # in order, so that the first wrong one is named
-                if ref not in checked:
-                    check_store_path(ref, store_dir, source)
-                    checked.add(ref)
+        for ref in entry.references:
+            check_store_path(ref, store_dir, source)
         store_path = StorePath(
             path=entry.path,
-            references=tuple(sorted(references)),
+            references=tuple(sorted(set(entry.references))),
             nar_size=entry.nar_size,
             nar_hash=entry.nar_hash,
         )
         known = paths.setdefault(entry.path, store_path)
         if known != store_path:
             raise NixlayerError(f"{source}: two entries for {entry.path} disagree")
-    if not checked.issubset(paths):  # then find the first reference outside, in order
-        for store_path in paths.values():
-            for ref in store_path.references:
-                if ref not in paths:
-                    raise NixlayerError(
-                        f"{source}: {store_path.path} references {ref}, which is not in the closure"
-                    )
+    for store_path in paths.values():
+        for ref in store_path.references:
+            if ref not in paths:
+                raise NixlayerError(
+                    f"{source}: {store_path.path} references {ref}, which is not in the closure"
+                )
     if not paths:
         raise NixlayerError(f"{source}: the closure holds no store paths")
     return Closure(store_dir=store_dir, paths=paths, source=source)
