@@ -369,8 +369,9 @@ class _Loader:
                         raise window.fail("Expecting ',' delimiter", window.pos - 1)
                     window.skip_whitespace()
                     continue
-                window.pos = start  # a member to walk: one by one, as far as the batch went
-                self._no_batch_before = window.offset(window.pos) + 1
+                # A member to walk: one by one, as far as the batch went.
+                self._no_batch_before = window.offset(window.pos)
+                window.pos = start
             key = self.key()
             if window.skip_whitespace() != ":":
                 raise window.fail("Expecting ':' delimiter", window.pos)
