@@ -106,8 +106,7 @@ def plan_fleet(closures: Sequence[ClosureLike], layering: Layering = Layering(),
         if getattr(layering, option):
             raise NixlayerError(": not for a fleet (it is for one image)", option)
     loaded = [load_closure(_source(closure), on_note) for closure in closures]
-    with carried_by("max_layers"):
-        return _plan_fleet(loaded, layering.strategy, layering.max_layers)
+    return _plan_fleet(loaded, layering.strategy, layering.max_layers)
 
 
 def save_plans(plans: Mapping[str, Plan]) -> None:

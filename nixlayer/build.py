@@ -180,11 +180,10 @@ def plan_closure(
             before = load_layering(
                 layering.previous, closure_input, layering.strategy, layering.max_layers, provided
             )
-    with carried_by("max_layers"):
-        return make_plan(
-            closure, layering.strategy, layering.max_layers, layering.roots, before,
-            layering.groups, provided,
-        )  # fmt: skip
+    return make_plan(
+        closure, layering.strategy, layering.max_layers, layering.roots, before,
+        layering.groups, provided,
+    )  # fmt: skip
 
 
 def image_run_config(base: SourceImage | None, run: RunConfig) -> dict[str, Any]:

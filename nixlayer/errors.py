@@ -74,7 +74,7 @@ def in_a_file() -> Iterator[None]:
     try:
         yield
     except NixlayerError as error:
-        error.in_file = True
+        error.in_file = error.option is None  # else it is about the option's own value
         raise
 
 

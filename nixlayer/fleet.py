@@ -26,7 +26,7 @@ def _union(closures: Sequence[Closure]) -> Closure:
     """One closure of all images' paths; two images that disagree on a path are an error."""
     store_dirs = {c.store_dir for c in closures}
     if len(store_dirs) != 1:
-        raise NixlayerError(f"--fleet: the closures use different store directories: {store_dirs}")
+        raise NixlayerError(f"the closures use different store directories: {store_dirs}")
     entries = [
         RawEntry(p.path, p.references, p.nar_size, p.nar_hash)
         for closure in closures

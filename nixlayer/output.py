@@ -386,7 +386,7 @@ def atomic_output(destination: str, clobber: bool = True) -> Iterator[BinaryIO]:
 
 
 def refuse_existing(destination: str | Path) -> NixlayerError:
-    return NixlayerError(f"{show_path(destination)}: exists already, and --no-clobber was given")
+    return NixlayerError(f"{show_path(destination)}: exists already, and is not to be replaced")
 
 
 def _widen_pipe(stream: BinaryIO) -> None:

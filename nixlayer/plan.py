@@ -149,7 +149,7 @@ def make_plan(
     kept = _make_room(kept, remaining, max_layers - len(explicit), closure, notes)
     budget = max_layers - len(kept) - len(explicit)
     if remaining and budget < 1:
-        raise NixlayerError(f"{max_layers}: fewer layers than --group gives groups", "max_layers")
+        raise NixlayerError(f"{max_layers}: fewer layers than there are groups", "max_layers")
     rest = induced(graph, remaining)
     laid_out = _lay_out(rest, roots, strategy, budget) if remaining else []
     ordered = [*kept, *explicit, *laid_out]
@@ -221,9 +221,9 @@ def _explicit_groups(
             result.append(members)
             taken.update(members)
         elif matched:
-            notes.append(f"--group {list(globs)} matches only paths placed already")
+            notes.append(f"the group {list(globs)} matches only paths placed already")
         else:
-            notes.append(f"--group {list(globs)} matches no path")
+            notes.append(f"the group {list(globs)} matches no path")
     return result
 
 

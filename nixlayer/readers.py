@@ -118,13 +118,15 @@ def _check_options(input_format: str | None, attrs_key: str | None) -> str | Non
     """Refuse an unknown format, or an attrs key with a format that has no attributes."""
     if input_format is not None and input_format not in INPUT_FORMATS:
         raise NixlayerError(
-            f"--input-format {input_format}: unknown (expected one of: {', '.join(INPUT_FORMATS)})"
+            f"{input_format}: unknown (expected one of: {', '.join(INPUT_FORMATS)})",
+            "input_format",
         )
     if attrs_key is None:
         return input_format
     if input_format not in (None, "attrs"):
         raise NixlayerError(
-            f"--attrs-key applies only to the attrs input format, not {input_format}"
+            f"{attrs_key}: applies only to the attrs input format, not {input_format}",
+            "attrs_key",
         )
     return "attrs"
 
@@ -357,7 +359,7 @@ def _only_graph_key(attrs: _JsonObject, source: str) -> str:
     if len(keys) > 1:
         raise NixlayerError(
             f"{source}: several exportReferencesGraph lists ({_show_keys(keys)}); "
-            "choose one with --attrs-key"
+            "say which one as the attrs key"
         )
     return keys[0]
 
@@ -464,7 +466,7 @@ def _settle_store_dir(declared: list[tuple[str, str]], requested: str | None, so
     agree with the user's), else the user's, else ``/nix/store``."""
     problem = None if requested is None else _store_dir_problem(requested)
     if problem:
-        raise NixlayerError(f"--store-dir {requested}: {problem}")
+        raise NixlayerError(f"{requested}: {problem}", "store_dir")
     if not declared:
         return DEFAULT_STORE_DIR if requested is None else _normalise_store_dir(requested)
     file_dir, file_where = declared[0]

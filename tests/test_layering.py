@@ -294,7 +294,7 @@ def test_paths_a_base_image_provides_get_no_layer(
     assert len(kept) >= len(old.layers) - 3  # less the two with provided paths, the app's
     assert set(kept) <= set(new.layer_sets())
     assert new.notes[0].startswith(f"{len(provided)} paths are in the base image already")
-    assert new.notes[1] == f"--group {[in_base]} matches only paths placed already"
+    assert new.notes[1] == f"the group {[in_base]} matches only paths placed already"
 
 
 def test_previous_with_a_path_in_two_layers_keeps_the_lower(

@@ -524,7 +524,8 @@ def started_layout(folder: Path) -> Iterator[None]:
     """A new layout, or one that is there already, never a folder with other things;
     held by this run alone until the block ends (see ``_locked``)."""
     if folder.exists() and not folder.is_dir():
-        raise NixlayerError(f"{show_path(folder)}: {what_is(folder)}; --format oci writes a folder")
+        kind = what_is(folder)
+        raise NixlayerError(f"{show_path(folder)}: {kind}; the oci format writes a folder")
     has_layout_file = (folder / LAYOUT).is_file()
     if folder.is_dir() and any(folder.iterdir()) and not has_layout_file:
         raise NixlayerError(f"{show_path(folder)}: a folder that is not an OCI image layout")

@@ -52,7 +52,7 @@ def write(spec: ImageSpec, output: str, writing: Writing) -> WrittenImage:
     target = destination_of(output) if output != STDOUT else None
     if target is None or target.stream:
         raise NixlayerError(
-            f"{show_path(output)}: --format oci writes a folder; use oci-archive to stream"
+            f"{show_path(output)}: the oci format writes a folder; use oci-archive to stream"
         )
     if not writing.clobber and os.path.lexists(os.path.join(target.path, INDEX)):
         raise refuse_existing(output)
