@@ -361,13 +361,8 @@ class _Loader:
             if self.batch("{", "}") is not None:
                 if not any(stream_members(key) for key, _ in self.members):
                     pairs += self.members
-                    following = self.next_visible()
-                    window.pos += 1
-                    if following == "}":
+                    if self.object_ends():
                         return self.unique(pairs)
-                    if following != ",":
-                        raise window.fail("Expecting ',' delimiter", window.pos - 1)
-                    window.skip_whitespace()
                     continue
                 # A member to walk: one by one, as far as the batch went.
                 self._no_batch_before = window.offset(window.pos)
@@ -380,13 +375,21 @@ class _Loader:
                 pairs.append((key, self.container(lambda key: False)))
             else:
                 pairs.append((key, self.value()))
-            following = self.next_visible()
-            window.pos += 1
-            if following == "}":
+            if self.object_ends():
                 return self.unique(pairs)
-            if following != ",":
-                raise window.fail("Expecting ',' delimiter", window.pos - 1)
-            window.skip_whitespace()
+
+    def object_ends(self) -> bool:
+        """Past what follows a member: True at the object's end, False at the next
+        member (after the comma and any whitespace)."""
+        window = self.window
+        following = self.next_visible()
+        window.pos += 1
+        if following == "}":
+            return True
+        if following != ",":
+            raise window.fail("Expecting ',' delimiter", window.pos - 1)
+        window.skip_whitespace()
+        return False
 
     def next_visible(self) -> str:
         """``skip_whitespace``, quicker where the next character is visible already."""
