@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -23,7 +24,6 @@ from nixlayer.image import WHOLE_NUMBER
 from nixlayer.options import (
     DEFAULT_MAX_LAYERS,
     DEFAULT_STRATEGY,
-    ClosureInput,
     Layering,
     options_from_fields,
 )
@@ -497,22 +497,19 @@ def plan_command(
         given = [flag for flag, value in one_image.items() if value]
         if given:
             raise NixlayerError(f"{given[0]}: not with --fleet (it is for one image)")
-    given = _given_fields(ctx)
+    elif len(closure_files) != 1:
+        raise NixlayerError("plan: give one closure, or several with --fleet")
     notes: list[str] = []
     with _worded(_flag_of):
-        _, options = options_from_fields({**given, "closure": closure_files[0]})
-        layering = options.layering
-        sources = [ClosureInput(file, input_format, attrs_key, store_dir, store_root)
-                   for file in closure_files]  # fmt: skip
+        source, options = options_from_fields({**_given_fields(ctx), "closure": closure_files[0]})
         if fleet:
             files = nixlayer.fleet_plan_files(closure_files, output)
-            planned = nixlayer.plan_fleet(sources, layering, notes.append)
+            sources = [replace(source, closure=file) for file in closure_files]
+            planned = nixlayer.plan_fleet(sources, options.layering, notes.append)
             nixlayer.save_plans(dict(zip(files, planned.plans, strict=True)))
             _notes([*notes, *fleet_notes(closure_files, planned)], quiet)
             return
-        if len(closure_files) != 1:
-            raise NixlayerError("plan: give one closure, or several with --fleet")
-        plan = nixlayer.plan_image(sources[0], layering, from_image, notes.append)
+        plan = nixlayer.plan_image(source, options.layering, options.base, notes.append)
         nixlayer.save_plans({output: plan})
     _notes(notes, quiet)
     if not quiet:
