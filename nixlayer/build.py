@@ -1,8 +1,10 @@
-"""From the user's inputs to an ``ImageSpec``: the steps every build takes, in order.
+"""From the options to an ``ImageSpec``: the steps every build takes, in order, which
+``api`` runs.
 
-Read the closure (sizes from disk if it has none), read a base image, assemble the
-customisation layer, plan the store layers within what is left of the layer
-budget, and settle the image's identity and run config.
+Read the closure (a store path's through Nix; sizes from disk if it has none), read a
+base image, assemble the customisation layer, plan the store layers within what is
+left of the layer budget (``plan_closure``, the one way a closure is planned, for a
+plan on its own too), and settle the image's identity and run config.
 """
 
 from __future__ import annotations

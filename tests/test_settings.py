@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,9 @@ from support.archives import read_docker_archive
 from support.run import run_nixlayer, run_ok
 from support.stores import FixtureStore
 
+from nixlayer import options
 from nixlayer.errors import NixlayerError
-from nixlayer.settings import load_attrs_settings
+from nixlayer.settings import _KINDS, load_attrs_settings
 
 
 def _attrs_file(store: FixtureStore, tmp_path: Path, settings: object) -> Path:
@@ -93,3 +95,21 @@ def test_settings_become_option_fields(fixture_store: FixtureStore, tmp_path: Pa
         "entrypoint": "/bin/sh",
         "base": "base.tar",
     }
+
+
+_EXAMPLES = {"string": "x", "integer": 1, "strings": ["x"], "command": ["x"]}
+
+
+def test_every_setting_is_an_option_field(tmp_path: Path) -> None:
+    """A setting becomes the API option of its meaning, whatever the command line calls
+    its parameter: renaming a CLI parameter cannot break a Nix build's settings."""
+    groups = (options.ClosureInput, options.Layering, options.Customisation,
+              options.RunConfig, options.Identity, options.Output)  # fmt: skip
+    known = {"base", "config"} | {member.name for group in groups for member in fields(group)}
+    path = tmp_path / "attrs.json"
+    for key, kind in _KINDS.items():
+        path.write_text(json.dumps({"nixlayer": {key: _EXAMPLES[kind]}}))
+        settings = load_attrs_settings(path)
+        (field,) = settings.values
+        assert field in known, key
+        assert settings.name_of(field) == f"{path}: attribute 'nixlayer': {key!r}"
