@@ -229,8 +229,8 @@ def test_sigkill_before_a_first_image_leaves_no_destination(
 
 
 def test_sigterm_stops_layers_being_compressed(tmp_path: Path) -> None:
-    """Two layers of slow-to-compress data (random hex at zstd level 19, seconds
-    each): SIGTERM once their first compressed bytes are on disk stops both at
+    """Two layers of slow-to-compress data (random hex at zstd level 19, over a minute
+    of CPU each): SIGTERM once their first compressed bytes are on disk stops both at
     their next buffer, instead of waiting for them to finish."""
     root = tmp_path / "root"
     paths = [f"{STORE}/{c * 32}-slow-{c}" for c in "56"]
