@@ -99,8 +99,9 @@ def _change(index: int, layer: frozenset[str], size: int, old: Layers) -> LayerC
 def push_cost(old: Layers, new: Layers, sizes: Mapping[str, int]) -> PushCost:
     """The cost of pushing ``new`` where ``old`` was pushed before; ``sizes`` holds the
     NAR size of every path of ``new`` (a layer without store paths: its diff_id, and
-    its blob's size). Cost: O(paths), and O(layers²) set
-    intersections to name the old layer each changed one came from."""
+    its blob's size). Cost: O(paths), O(layers²) set intersections to name the old
+    layer each changed one came from, and one set comparison per old and new layer
+    that share a path."""
     old_paths = {path for layer in old for path in layer}
     old_layer_of = _layer_of(old)
     layer_sizes = [sum(sizes[path] for path in layer) for layer in new]
@@ -115,10 +116,15 @@ def push_cost(old: Layers, new: Layers, sizes: Mapping[str, int]) -> PushCost:
         (i for i, layer in enumerate(new) if i >= len(old) or old[i] != layer), len(new)
     )
     new_layer_of = _layer_of(new)
+    differs: dict[tuple[int, int], bool] = {}  # once per pair of layers: per path, a layer
+    for path, j in new_layer_of.items():  # of 50,000 paths took minutes
+        i = old_layer_of.get(path)
+        if i is not None and (i, j) not in differs:
+            differs[i, j] = old[i] != new[j]
     moved = tuple(
         (path, old_layer_of[path], new_layer_of[path])
         for path in sorted(new_layer_of)
-        if path in old_layer_of and old[old_layer_of[path]] != new[new_layer_of[path]]
+        if path in old_layer_of and differs[old_layer_of[path], new_layer_of[path]]
     )
     return PushCost(
         floor=sum(sizes[path] for path in new_layer_of if path not in old_paths),

@@ -34,6 +34,7 @@ HUBS = {  # name: (size, references)
 HUB_USE = {"glibc-2.39": 0.9, "zlib-1.3.1": 0.25, "bash-5.2": 0.1, "openssl-3.0.14": 0.15,
            "python3-3.11.9": 0.2}  # fmt: skip
 APP = "app-1.0"
+MID_SHARE = (0.05, 0.20)  # a drawn mid library: the share of the closure that uses it
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,17 @@ def generate(paths: int, seed: int = 1, borrowed: tuple[int, ...] = (0, 0, 1, 1,
     return model
 
 
-def _ancestor_count(users: dict[str, set[str]], name: str) -> int:
+def _ancestor_count(users: dict[str, set[str]], name: str, cap: int | None = None) -> int:
+    """How many paths use ``name``, directly or not; past ``cap`` the count stops early
+    and returns something above it."""
     seen: set[str] = set()
     todo = [name]
     while todo:
         for user in users[todo.pop()] - seen:
             seen.add(user)
             todo.append(user)
+        if cap is not None and len(seen) > cap:
+            break
     return len(seen)
 
 
@@ -128,23 +133,63 @@ def _leaf_library(model: Model) -> str:
     return min(sorted(leaves), key=lambda name: _ancestor_count(users, name))
 
 
-def upgrade(model: Model, scenario: str) -> Model:
-    """The next build: one change, and Nix's rule does the rest (see ``store_paths``)."""
+def _drawn_library(model: Model, rng: random.Random, low: float, high: float,
+                   leaves_only: bool = False) -> str | None:  # fmt: skip
+    """A library drawn by ``rng`` among those that ``low`` to ``high`` of the closure
+    uses (only chain bottoms with ``leaves_only``); None when there is none. Candidates
+    are tried in a shuffled order, each count stopping past ``high``."""
+    users = _users(model)
+    candidates = sorted(
+        name
+        for name, package in model.packages.items()
+        if name.startswith("lib") and not (leaves_only and set(package.references) - set(HUBS))
+    )
+    rng.shuffle(candidates)
+    total = len(model.packages)
+    cap = int(high * total)
+    for name in candidates:
+        if low * total <= _ancestor_count(users, name, cap) <= cap:
+            return name
+    return None
+
+
+def _new_dependency(model: Model, rng: random.Random | None) -> Package:
+    """``newdep-0.1``, then ``newdep2-0.1`` and on when it is there already; 4 MB, or
+    a size drawn by ``rng``."""
+    taken = sum(1 for name in model.packages if name.startswith("newdep"))
+    name = f"newdep{taken + 1 if taken else ''}-0.1"
+    return Package(name, _size(rng) if rng else 4_000_000, ("glibc-2.39",))
+
+
+def upgrade(model: Model, scenario: str, rng: random.Random | None = None) -> Model:
+    """The next build: one change, and Nix's rule does the rest (see ``store_paths``).
+
+    The result can be upgraded again, so that builds chain into a history. Without
+    ``rng`` the upgraded library is always the same one (the same model gives the same
+    upgrade); with it, it is drawn: ``leaf`` a chain bottom used by under 5 % of the
+    closure, ``mid`` a library used by 5 to 20 % (``MID_SHARE``), ``drop-dependency``
+    any library the application uses, ``add-dependency`` a dependency of a drawn size.
+    """
     if scenario == "app":
         return _bump(model, APP)
     if scenario == "leaf":
-        return _bump(model, _leaf_library(model))
+        drawn = _drawn_library(model, rng, 0.0, MID_SHARE[0], leaves_only=True) if rng else None
+        return _bump(model, drawn or _leaf_library(model))
     if scenario == "mid":
-        return _bump(model, _mid_library(model))
+        drawn = _drawn_library(model, rng, *MID_SHARE) if rng else None
+        return _bump(model, drawn or _mid_library(model))
     if scenario == "hub":
         return _bump(model, "glibc-2.39")
     app = model.packages[APP]
     if scenario == "add-dependency":
-        extra = Package("newdep-0.1", 4_000_000, ("glibc-2.39",))
+        extra = _new_dependency(model, rng)
         grown = replace(app, references=tuple(sorted({*app.references, extra.name})))
         return Model({**model.packages, extra.name: extra, APP: grown})
     if scenario == "drop-dependency":
-        dropped = next(ref for ref in app.references if ref.startswith("lib"))
+        libraries = [ref for ref in app.references if ref.startswith("lib")]
+        if not libraries:
+            raise ValueError("drop-dependency: the application uses no library any more")
+        dropped = rng.choice(libraries) if rng else libraries[0]
         shrunk = replace(app, references=tuple(r for r in app.references if r != dropped))
         kept = Model({**model.packages, APP: shrunk})
         reachable = _reachable(kept, APP)
