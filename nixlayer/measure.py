@@ -116,8 +116,10 @@ def push_cost(old: Layers, new: Layers, sizes: Mapping[str, int]) -> PushCost:
         (i for i, layer in enumerate(new) if i >= len(old) or old[i] != layer), len(new)
     )
     new_layer_of = _layer_of(new)
-    differs: dict[tuple[int, int], bool] = {}  # once per pair of layers: per path, a layer
-    for path, j in new_layer_of.items():  # of 50,000 paths took minutes
+    # Whether a path's old and new layer differ, compared once per pair of layers: once
+    # per path, a kept layer of 50,000 paths took minutes.
+    differs: dict[tuple[int, int], bool] = {}
+    for path, j in new_layer_of.items():
         i = old_layer_of.get(path)
         if i is not None and (i, j) not in differs:
             differs[i, j] = old[i] != new[j]
