@@ -342,12 +342,8 @@ class _Loader:
                 window.pos = spaces(text, end + 1).end()
                 continue
             window.pos = end
-            following = window.skip_whitespace()
-            window.pos += 1
-            if following == "]":
+            if self.ends("]"):
                 return items
-            if following != ",":
-                raise window.fail("Expecting ',' delimiter", window.pos - 1)
 
     def object(self, stream_members: Callable[[str], bool]) -> Fields:
         window = self.window
@@ -361,7 +357,7 @@ class _Loader:
             if self.batch("{", "}") is not None:
                 if not any(stream_members(key) for key, _ in self.members):
                     pairs += self.members
-                    if self.object_ends():
+                    if self.ends("}"):
                         return self.unique(pairs)
                     continue
                 # A member to walk: one by one, as far as the batch went.
@@ -375,16 +371,16 @@ class _Loader:
                 pairs.append((key, self.container(lambda key: False)))
             else:
                 pairs.append((key, self.value()))
-            if self.object_ends():
+            if self.ends("}"):
                 return self.unique(pairs)
 
-    def object_ends(self) -> bool:
-        """Past what follows a member: True at the object's end, False at the next
-        member (after the comma and any whitespace)."""
+    def ends(self, closing: str) -> bool:
+        """Past what follows an item or member: True at the ``closing`` character of its
+        container, False at the next one (after the comma and any whitespace)."""
         window = self.window
         following = self.next_visible()
         window.pos += 1
-        if following == "}":
+        if following == closing:
             return True
         if following != ",":
             raise window.fail("Expecting ',' delimiter", window.pos - 1)

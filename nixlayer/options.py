@@ -114,21 +114,13 @@ class BuildOptions:
     base: str | None = None
 
 
-def _tuple(value: Sequence[str] | None) -> tuple[str, ...]:
-    return tuple(value or ())
-
-
-def _command(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+def _command(value: str | Sequence[str]) -> tuple[str, ...]:
     """A command as a string (a JSON array, or one argument) or a list of strings."""
-    if value is None:
-        return None
     return tuple(parse_command(value) if isinstance(value, str) else value)
 
 
-def load_groups(path: str | os.PathLike[str] | None) -> tuple[tuple[str, ...], ...]:
+def load_groups(path: str | os.PathLike[str]) -> tuple[tuple[str, ...], ...]:
     """A JSON file of a list of lists of ``name-version`` globs."""
-    if path is None:
-        return ()
     groups = load_json(Path(path), show_path(path))
     if not isinstance(groups, list) or not all(json_strings(group) and group for group in groups):
         raise NixlayerError(
@@ -137,48 +129,48 @@ def load_groups(path: str | os.PathLike[str] | None) -> tuple[tuple[str, ...], .
     return tuple(tuple(group) for group in groups)
 
 
-def _link_paths(value: str | Sequence[str] | None) -> tuple[str, ...]:
-    if value is None:
-        return ("/",)
+def _link_paths(value: str | Sequence[str]) -> tuple[str, ...]:
     return parse_link_paths(value if isinstance(value, str) else ",".join(value))
 
 
 # How a value as people give it becomes a field's value: each field named here is
 # parsed so, any other is taken as it is.
 _PARSERS: dict[str, Callable[[Any], Any]] = {
-    "roots": _tuple,
+    "roots": tuple,
     "groups": load_groups,
-    "contents": _tuple,
+    "contents": tuple,
     "link_paths": _link_paths,
-    "adds": lambda values: tuple(map(parse_add, values or ())),
-    "directories": lambda values: tuple(map(parse_mkdir, values or ())),
-    "symlinks": lambda values: tuple(map(parse_symlink, values or ())),
+    "adds": lambda values: tuple(map(parse_add, values)),
+    "directories": lambda values: tuple(map(parse_mkdir, values)),
+    "symlinks": lambda values: tuple(map(parse_symlink, values)),
     "cmd": _command,
     "entrypoint": _command,
-    "env": _tuple,
-    "expose": _tuple,
-    "volumes": _tuple,
-    "labels": _tuple,
-    "config_file": lambda path: None if path is None else Path(path),
-    "store_root": lambda path: Path("/") if path is None else Path(path),
-    "cache_dir": lambda path: None if path is None else Path(path),
+    "env": tuple,
+    "expose": tuple,
+    "volumes": tuple,
+    "labels": tuple,
+    "config_file": Path,
+    "store_root": Path,
+    "cache_dir": Path,
 }
 
 
 def _group(kind: type, given: Mapping[str, Any]) -> Any:
+    """A data class of ``kind`` from the values given for its fields (None: not given)."""
     values = {}
     for member in fields(kind):
-        if member.name in given:
+        value = given.get(member.name)
+        if value is not None:
             with carried_by(member.name):
                 parse = _PARSERS.get(member.name)
-                values[member.name] = parse(given[member.name]) if parse else given[member.name]
+                values[member.name] = parse(value) if parse else value
     return kind(**values)
 
 
 def options_from_fields(given: Mapping[str, Any]) -> tuple[ClosureInput, BuildOptions]:
     """The options from values keyed by field name, each parsed as people write it
     (``adds`` as ``SRC:DEST[:MODE]``, ``cmd`` as a JSON array or one argument, ``groups``
-    as a file of globs); a field not given keeps its default."""
+    as a file of globs); a field not given (or None) keeps its default."""
     closure = _group(ClosureInput, given)
     options = BuildOptions(
         layering=_group(Layering, given),
